@@ -1,0 +1,17 @@
+"""Training and evaluation for every stage type."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def data_fingerprint(path: str | Path | None) -> str | None:
+    """sha256 of a data file's bytes (recorded with each trained model version)."""
+    if path is None or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

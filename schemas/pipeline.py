@@ -1,0 +1,281 @@
+"""Pipeline file schema: a source, an ordered list of named stages, and a sink.
+
+Every model forbids unknown keys so a typo in a pipeline file is an error with its
+field path, never a silently ignored setting. Inner code receives these typed
+objects and never re-parses dictionaries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STAGE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class FileSource(StrictModel):
+    """Documents from files: JSONL, CSV/TSV with a column mapping, or plain-text files.
+
+    `path` may be a file, a directory (every matching file inside, sorted) or a glob.
+    With `format: auto` the format follows each file's extension (.jsonl/.json/.ndjson,
+    .csv, .tsv, anything else is plain text: one document per file).
+    """
+
+    type: Literal["file"] = "file"
+    path: str = Field(min_length=1)
+    format: Literal["auto", "jsonl", "csv", "tsv", "text"] = "auto"
+    id_field: str = "id"
+    text_field: str = "text"
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra document fields: name in the document -> column or key in the input.",
+    )
+    has_header: bool = True
+    recursive: bool = False
+    encoding: str = "utf-8"
+    max_chars: int = Field(
+        default=1_000_000, gt=0, description="Longer documents become dead letters (too_large)."
+    )
+
+
+class KafkaSecurity(StrictModel):
+    """Client security settings passed through to kafka-python."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the SASL password."
+    )
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+
+class KafkaSource(StrictModel):
+    """Documents from Kafka topics, read in a consumer group."""
+
+    type: Literal["kafka"] = "kafka"
+    bootstrap_servers: str = Field(min_length=1)
+    topics: list[str] = Field(default_factory=list)
+    topic_pattern: str | None = None
+    group: str = Field(min_length=1)
+    start: Literal["earliest", "latest"] = "earliest"
+    format: Literal["json", "text"] = "json"
+    id_field: str = "id"
+    text_field: str = "text"
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Document field -> Kafka header name."
+    )
+    max_batch: int = Field(default=256, gt=0)
+    max_wait_ms: int = Field(default=500, ge=0)
+    max_chars: int = Field(default=1_000_000, gt=0)
+    dead_letter_topic: str | None = None
+    results_topic: str | None = None
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+
+    @model_validator(mode="after")
+    def _topics_or_pattern(self) -> KafkaSource:
+        if not self.topics and not self.topic_pattern:
+            raise ValueError("set `topics` (a list) or `topic_pattern`")
+        return self
+
+
+SourceSpec = Annotated[FileSource | KafkaSource, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+class Condition(StrictModel):
+    """A test on an earlier stage's result, written as data (never evaluated as code).
+
+    Exactly one of the combinators (`all`, `any`, `not`) or a leaf (`stage` + `op`) is set.
+    A leaf reads `field` (label, score, or a key of the stage's output) of `stage`'s
+    result for the same document; a document the stage skipped or failed has no result,
+    and only `op: missing` is true for it.
+    """
+
+    all: list[Condition] | None = None
+    any: list[Condition] | None = None
+    not_: Condition | None = Field(default=None, alias="not")
+    stage: str | None = None
+    field: str = "label"
+    op: Literal[
+        "eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "exists", "missing"
+    ] = "eq"
+    value: Any = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        kinds = [k for k in ("all", "any", "not_") if getattr(self, k) is not None]
+        if self.stage is not None:
+            kinds.append("stage")
+        if len(kinds) != 1:
+            raise ValueError("a condition has exactly one of: all, any, not, stage")
+        if self.stage is not None:
+            if self.op in ("in", "not_in") and not isinstance(self.value, list):
+                raise ValueError(f"op `{self.op}` needs a list `value`")
+            if self.op in ("gt", "gte", "lt", "lte") and not isinstance(self.value, int | float):
+                raise ValueError(f"op `{self.op}` needs a number `value`")
+            if self.op in ("eq", "ne") and self.value is None:
+                raise ValueError(f"op `{self.op}` needs a `value`")
+        return self
+
+    def stages(self) -> set[str]:
+        """Names of every stage this condition reads."""
+        found: set[str] = set()
+        if self.stage is not None:
+            found.add(self.stage)
+        for child in (self.all or []) + (self.any or []):
+            found |= child.stages()
+        if self.not_ is not None:
+            found |= self.not_.stages()
+        return found
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class Resources(StrictModel):
+    """Where a stage's model runs. GPUs may be fractional so small models share one."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: float = Field(default=0, ge=0)
+    cpus: float = Field(default=1, gt=0)
+    replicas: int = Field(default=1, ge=1)
+    min_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, description="torch threads per actor")
+
+
+class StageBase(StrictModel):
+    name: str = Field(pattern=STAGE_NAME_PATTERN)
+    model: str = Field(min_length=1, description="Local model directory or hub id.")
+    revision: str | None = None
+    when: Condition | None = None
+    batch_size: int = Field(default=32, gt=0)
+    max_tokens: int = Field(default=8192, gt=0, description="Token budget per batch.")
+    max_length: int = Field(default=256, ge=8, le=8192)
+    retries: int = Field(default=1, ge=0, le=10)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class ClassifyStage(StageBase):
+    """Sequence classification: one label and the scores of every label."""
+
+    type: Literal["classify"] = "classify"
+    labels: list[str] | None = Field(
+        default=None, description="Expected labels; must match the model's id2label when set."
+    )
+    multi_label: bool = False
+    threshold: float = Field(default=0.5, ge=0, le=1, description="multi_label cut-off")
+
+
+class SpamStage(StageBase):
+    """Binary spam detection: label `spam` when P(spam) >= threshold."""
+
+    type: Literal["spam"] = "spam"
+    spam_label: str = "spam"
+    ham_label: str = "ham"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+
+
+class QaStage(StageBase):
+    """Extractive question answering over long contexts in overlapping windows."""
+
+    type: Literal["qa"] = "qa"
+    questions: list[str] = Field(default_factory=list)
+    question_field: str | None = None
+    max_length: int = Field(default=384, ge=32, le=8192)
+    stride: int = Field(default=128, ge=0)
+    max_answer_length: int = Field(default=30, gt=0)
+    max_windows: int = Field(default=64, gt=0)
+    no_answer_threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _has_questions(self) -> QaStage:
+        if not self.questions and not self.question_field:
+            raise ValueError("a qa stage needs `questions` or `question_field`")
+        if self.stride >= self.max_length // 2:
+            raise ValueError("`stride` must be smaller than half of `max_length`")
+        return self
+
+
+class TranslateStage(StageBase):
+    """Seq2seq translation with bounded output length."""
+
+    type: Literal["translate"] = "translate"
+    source_lang: str = "en"
+    target_lang: str = "de"
+    prefix: str = Field(default="", description="Text put before each input, e.g. for T5.")
+    max_length: int = Field(default=256, ge=8, le=8192)
+    max_new_tokens: int = Field(default=128, gt=0, le=4096)
+    num_beams: int = Field(default=1, ge=1, le=16)
+    max_chars: int = Field(
+        default=2000, gt=0, description="Longer inputs are translated sentence by sentence."
+    )
+    source_scripts: list[str] = Field(
+        default_factory=lambda: ["LATIN"],
+        description="Unicode scripts the model reads; other text is a dead letter.",
+    )
+
+
+StageSpec = Annotated[
+    ClassifyStage | SpamStage | QaStage | TranslateStage, Field(discriminator="type")
+]
+
+
+# --------------------------------------------------------------------------- sink
+
+
+class SqlSink(StrictModel):
+    type: Literal["sql"] = "sql"
+    url: str = "sqlite:///textworker.db"
+    store_text: bool = True
+    batch_size: int = Field(default=256, gt=0)
+
+
+class PipelineSpec(StrictModel):
+    """A whole pipeline file."""
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=STAGE_NAME_PATTERN)
+    description: str = ""
+    source: SourceSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    sink: SqlSink = Field(default_factory=SqlSink)
+
+    @model_validator(mode="after")
+    def _stage_references(self) -> PipelineSpec:
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"duplicate stage name `{stage.name}`")
+            if stage.when is not None:
+                unknown = stage.when.stages() - seen
+                if unknown:
+                    raise ValueError(
+                        f"stage `{stage.name}`: `when` reads {sorted(unknown)}, "
+                        "which is not an earlier stage"
+                    )
+            seen.add(stage.name)
+        return self
+
+    def stage(self, name: str) -> ClassifyStage | SpamStage | QaStage | TranslateStage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        names = ", ".join(s.name for s in self.stages)
+        raise KeyError(f"no stage `{name}` in pipeline `{self.name}` (stages: {names})")

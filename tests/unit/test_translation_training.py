@@ -1,0 +1,141 @@
+"""Fast checks of worker.training.translation on a tiny model and generated pairs (no network, CPU only)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from worker.training.translation import (
+    build_scratch_model,
+    evaluate_translation,
+    load_pairs,
+    train_translation,
+    translate_texts,
+)
+
+SUBJECTS = {"a man": "ein Mann", "a woman": "eine Frau", "a dog": "ein Hund", "a child": "ein Kind",
+            "a girl": "ein Mädchen", "a boy": "ein Junge", "an old man": "ein alter Mann"}
+VERBS = {"runs": "läuft", "sits": "sitzt", "stands": "steht", "plays": "spielt", "sleeps": "schläft",
+         "waits": "wartet"}
+PLACES = {"on the street": "auf der Straße", "in the park": "im Park", "on the grass": "auf dem Gras",
+          "in the water": "im Wasser", "near the house": "neben dem Haus"}
+
+
+def make_pairs(n: int = 200) -> list[tuple[str, str]]:
+    combos = itertools.islice(itertools.product(SUBJECTS.items(), VERBS.items(), PLACES.items()), n)
+    return [(f"{s[0].capitalize()} {v[0]} {p[0]}.", f"{s[1][0].upper()}{s[1][1:]} {v[1]} {p[1]}.")
+            for s, v, p in combos]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Single-threaded torch: faster than oversubscribed threads on small CI machines, and reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(one_thread, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mt") / "model"
+    calls: list[tuple[int, int, dict]] = []
+    result = train_translation(make_pairs(), out, size="tiny", epochs=2, lr=3e-3, batch_tokens=512, seed=0,
+                               eval_pairs=make_pairs(20), progress=lambda s, n, d: calls.append((s, n, d)))
+    result["_calls"] = calls
+    return out, result
+
+
+def test_load_pairs_skips_bad_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join([json.dumps({"en": "Hi.", "de": "Hallo."}), "", "not json", json.dumps({"en": "x"}),
+                               json.dumps({"en": " ", "de": "leer"}), json.dumps({"en": "Yes.", "de": "Ja."})]),
+                    encoding="utf-8")
+    assert load_pairs(path) == [("Hi.", "Hallo."), ("Yes.", "Ja.")]
+    assert load_pairs(path, limit=1) == [("Hi.", "Hallo.")]
+    assert load_pairs(path, src="de", tgt="en")[0] == ("Hallo.", "Hi.")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\nnope\n", encoding="utf-8")
+    with pytest.raises(ValueError):
+        load_pairs(bad)
+
+
+def test_scratch_build_is_standard_hf_dir(tmp_path):
+    build_scratch_model(make_pairs(), tmp_path, size="tiny", vocab_size=500, seed=0)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.is_fast
+    ids = tok("A dog runs.")["input_ids"]
+    assert ids[-1] == tok.eos_token_id
+    labels = tok(text_target="Ein Hund läuft.")["input_ids"]
+    assert labels[-1] == tok.eos_token_id
+    assert tok.decode(labels, skip_special_tokens=True) == "Ein Hund läuft."
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    gen = model.generation_config
+    assert gen.decoder_start_token_id == tok.bos_token_id and gen.eos_token_id == tok.eos_token_id
+    assert gen.pad_token_id == tok.pad_token_id
+    out = model.generate(**tok(["A dog runs.", "A man sits in the park."], return_tensors="pt", padding=True),
+                         max_new_tokens=4)
+    assert out.shape[0] == 2
+
+
+def test_scratch_build_deterministic(tmp_path):
+    for name in ("a", "b"):
+        build_scratch_model(make_pairs(), tmp_path / name, size="tiny", vocab_size=500, seed=3)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    ma, mb = (AutoModelForSeq2SeqLM.from_pretrained(tmp_path / n) for n in ("a", "b"))
+    assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+def test_unknown_size_rejected(tmp_path):
+    with pytest.raises(ValueError):
+        build_scratch_model(make_pairs(20), tmp_path, size="huge")
+
+
+def test_train_result_and_progress(trained_dir):
+    out, result = trained_dir
+    assert result["steps"] > 0 and result["train_pairs"] == 200 and result["seed"] == 0
+    assert result["train_seconds"] >= 0 and result["epochs"] > 0
+    assert result["params"]["size"] == "tiny" and result["params"]["lr"] == 3e-3
+    assert set(result["metrics"]) >= {"bleu", "chrf", "n"}
+    calls = result["_calls"]
+    assert calls and calls[-1][0] == result["steps"] and "loss" in calls[-1][2]
+    assert (out / "model.safetensors").exists()
+
+
+def test_reload_translate_keeps_order(trained_dir):
+    out, _ = trained_dir
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    texts = ["A dog sleeps in the water.", "", "A man runs.", "A child plays on the grass near the house."]
+    batched = translate_texts(model, tok, texts, max_new_tokens=12, batch_size=2)
+    single = [translate_texts(model, tok, [t], max_new_tokens=12)[0] for t in texts]
+    assert len(batched) == len(texts) and all(isinstance(t, str) for t in batched)
+    assert batched == single
+
+
+def test_long_input_is_truncated(trained_dir):
+    out, _ = trained_dir
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    long_text = "A dog runs in the park. " * 250
+    assert len(long_text) > 5000
+    result = translate_texts(model, tok, [long_text, "A boy waits."], max_new_tokens=1000)
+    assert len(result) == 2 and all(isinstance(t, str) for t in result)
+
+
+def test_evaluate_from_dir_and_finetune(trained_dir, tmp_path):
+    out, _ = trained_dir
+    metrics = evaluate_translation(out, make_pairs(10))
+    assert set(metrics) == {"bleu", "chrf", "n"} and metrics["n"] == 10
+    assert 0.0 <= metrics["bleu"] <= 100.0
+    with pytest.raises(ValueError):
+        evaluate_translation(AutoModelForSeq2SeqLM.from_pretrained(out), make_pairs(2))
+    tuned = train_translation(make_pairs(40), tmp_path / "ft", base=out, epochs=1, lr=1e-4, batch_tokens=256)
+    assert tuned["params"]["base"] == str(out) and tuned["steps"] > 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "ft").is_fast

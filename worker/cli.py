@@ -1,0 +1,140 @@
+"""The `textworker` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.errors import TextworkerError
+from worker.logs import setup_logging
+
+DEFAULT_DB = "sqlite:///textworker.db"
+
+
+def default_database_url() -> str:
+    return os.environ.get("TEXTWORKER_DATABASE_URL") or DEFAULT_DB
+
+
+def default_models_dir() -> str:
+    return os.environ.get("TEXTWORKER_MODELS_DIR") or "models"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default=os.environ.get("TEXTWORKER_LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textworker", description="Streaming and batch text analytics into SQL.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a pipeline until its input is exhausted")
+    p.add_argument("pipeline")
+    p.add_argument("--input", help="file, directory or glob (overrides the file source's path)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: the pipeline's sink, then $TEXTWORKER_DATABASE_URL)")
+    p.add_argument("--limit", type=int, help="stop after N input items")
+    p.add_argument("--chunk-size", type=int, default=256)
+    _add_common(p)
+
+    p = sub.add_parser("validate", help="check a pipeline file and report every problem")
+    p.add_argument("pipeline")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="fine-tune a stage's model on labelled data; stores a new version")
+    p.add_argument("pipeline")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--data", required=True, help="TSV (text/label, either order), SQuAD JSONL (qa) or {en,de} JSONL (translate)")
+    p.add_argument("--out", help="version directory (default: next to the stage's model)")
+    p.add_argument("--base", help="base model (default: the stage's model); `scratch` builds a new translation model")
+    p.add_argument("--eval-data", help="score the new version on this file after training")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--max-minutes", type=float, help="stop training after this wall-clock budget")
+    p.add_argument("--size", default="small", help="model size when building from scratch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N training rows")
+    p.add_argument("--promote", action="store_true", help="make the new version the family's current one")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="score a stage's model on a labelled file")
+    p.add_argument("pipeline")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", help="model directory (default: the stage's model)")
+    p.add_argument("--limit", type=int)
+    _add_common(p)
+
+    p = sub.add_parser("models", help="list or build local models")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    m = msub.add_parser("list", help="model families, versions, metrics")
+    m.add_argument("--dir", default=default_models_dir())
+    _add_common(m)
+    m = msub.add_parser("build-defaults", help="build the offline default models from seed data")
+    m.add_argument("--dir", default=default_models_dir())
+    m.add_argument("--force", action="store_true")
+    m.add_argument("--only", nargs="*", help="build only these defaults")
+    _add_common(m)
+    m = msub.add_parser("build-roberta", help="train a byte-level BPE tokenizer and build a RoBERTa model")
+    m.add_argument("--data", required=True, nargs="+", help="text files (TSV/JSONL/plain) to train the tokenizer on")
+    m.add_argument("--out", required=True)
+    m.add_argument("--size", default="small", choices=["tiny", "small", "base"])
+    m.add_argument("--vocab-size", type=int, default=8000)
+    _add_common(m)
+
+    p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
+    p.add_argument("--database-url", default="sqlite:///demo.db")
+    p.add_argument("--models-dir", default=default_models_dir())
+    _add_common(p)
+    return parser
+
+
+def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from worker import commands
+    from worker.training import commands as training_commands
+
+    return {
+        "run": commands.cmd_run,
+        "validate": commands.cmd_validate,
+        "train": training_commands.cmd_train,
+        "eval": training_commands.cmd_eval,
+        "models": commands.cmd_models,
+        "demo": commands.cmd_demo,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return _handlers()[args.command](args)
+    except TextworkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    """Print JSON for scripts (--json) or the human-readable text."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, default=str))
+    elif not getattr(args, "quiet", False) or text.startswith("error"):
+        print(text)
+
+
+def resolve_path(path: str) -> Path:
+    return Path(path).expanduser()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

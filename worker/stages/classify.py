@@ -1,0 +1,132 @@
+"""Sequence classification and spam detection stages (any Auto sequence-classification model)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from schemas.documents import Document
+from schemas.pipeline import ClassifyStage, SpamStage
+from worker.errors import ModelFormatError
+from worker.runtime.batching import plan_batches
+from worker.stages.base import Context, HFStage, Outcome, StageStats
+
+CHARS_PER_TOKEN_CAP = 12
+
+
+def autocast(device: str) -> Any:
+    """bf16 autocast on CUDA only: on CPU it is far slower than fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def classify_texts(
+    model: Any, tokenizer: Any, texts: list[str], *, max_length: int, max_tokens: int = 8192,
+    max_batch: int = 64, multi_label: bool = False, stats: StageStats | None = None,
+) -> tuple[list[list[float]], list[int]]:
+    """Label probabilities per text (input order) and each text's token count.
+
+    Texts are cut to a character budget before tokenising (a 5 MB document costs no
+    more than a long one), truncated to `max_length` tokens, and run in
+    length-sorted token-budget batches.
+    """
+    import torch
+
+    clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
+    encoded = tokenizer(clipped, truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    plan = plan_batches(lengths, max_tokens, max_batch)
+    probs: list[list[float]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    with torch.inference_mode(), autocast(str(device)):
+        for indices in plan.batches:
+            features = [{k: encoded[k][i] for k in encoded.keys()} for i in indices]
+            batch = tokenizer.pad(features, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits.float()
+            values = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+            for row, index in zip(values.tolist(), indices, strict=True):
+                probs[index] = row
+    if stats is not None:
+        stats.batches += len(plan.batches)
+        stats.real_tokens += plan.real_tokens
+        stats.padded_tokens += plan.padded_tokens
+    return probs, lengths
+
+
+def model_labels(model: Any) -> list[str]:
+    id2label = model.config.id2label or {}
+    return [str(id2label[i]) for i in range(len(id2label))]
+
+
+class ClassifyTextStage(HFStage):
+    """Label + score (probability of the label) and every label's score."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    spec: ClassifyStage
+
+    def after_load(self) -> None:
+        labels = model_labels(self.model)
+        wanted = self.spec.labels
+        generic = all(label.startswith("LABEL_") for label in labels)
+        if wanted and generic and len(wanted) == len(labels):
+            self.labels = list(wanted)
+        elif wanted and sorted(wanted) != sorted(labels):
+            raise ModelFormatError(
+                f"stage `{self.name}`: the model's labels {labels} differ from the stage's labels {wanted}",
+                hint=f"fine-tune the model on these labels: textworker train PIPELINE --stage {self.name} --data FILE",
+            )
+        else:
+            self.labels = labels
+
+    def run(self, docs: list[Document], context: Context) -> list[Outcome]:
+        probs, lengths = classify_texts(
+            self.model, self.tokenizer, [d.text for d in docs], max_length=self.max_positions,
+            max_tokens=self.spec.max_tokens, max_batch=self.spec.batch_size,
+            multi_label=self.spec.multi_label, stats=self.stats,
+        )
+        return list(self._results(docs, probs, lengths))
+
+    def _results(self, docs: list[Document], probs: list[list[float]], lengths: list[int]) -> Iterator[Outcome]:
+        for doc, row, length in zip(docs, probs, lengths, strict=True):
+            scores = {label: round(p, 6) for label, p in zip(self.labels, row, strict=True)}
+            best = max(range(len(row)), key=row.__getitem__)
+            output: dict[str, Any] = {"scores": scores, "tokens": length, "truncated": length >= self.max_positions}
+            if self.spec.multi_label:
+                output["labels"] = [lab for lab, p in scores.items() if p >= self.spec.threshold]
+            yield self.result(doc, self.labels[best], float(row[best]), output)
+
+
+class SpamDetectStage(HFStage):
+    """Label `spam` when P(spam) >= threshold, else the ham label; score = P(spam)."""
+
+    auto_class = "AutoModelForSequenceClassification"
+    spec: SpamStage
+
+    def after_load(self) -> None:
+        labels = model_labels(self.model)
+        if self.spec.spam_label not in labels:
+            raise ModelFormatError(
+                f"stage `{self.name}`: the model has no `{self.spec.spam_label}` label (it has {labels})",
+                hint="set `spam_label` to the model's spam class, or train a spam model with `textworker train`",
+            )
+        self.spam_index = labels.index(self.spec.spam_label)
+
+    def run(self, docs: list[Document], context: Context) -> list[Outcome]:
+        probs, lengths = classify_texts(
+            self.model, self.tokenizer, [d.text for d in docs], max_length=self.max_positions,
+            max_tokens=self.spec.max_tokens, max_batch=self.spec.batch_size, stats=self.stats,
+        )
+        outcomes: list[Outcome] = []
+        for doc, row, length in zip(docs, probs, lengths, strict=True):
+            p_spam = float(row[self.spam_index])
+            is_spam = p_spam >= self.spec.threshold
+            label = self.spec.spam_label if is_spam else self.spec.ham_label
+            output = {"spam_probability": round(p_spam, 6), "is_spam": is_spam, "threshold": self.spec.threshold,
+                      "tokens": length, "truncated": length >= self.max_positions}
+            outcomes.append(self.result(doc, label, p_spam, output))
+        return outcomes

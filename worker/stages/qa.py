@@ -1,0 +1,58 @@
+"""Extractive question answering over each document (long documents in windows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.documents import Document
+from schemas.pipeline import QaStage
+from worker.stages.base import Context, HFStage, Outcome
+
+
+class QuestionAnswerStage(HFStage):
+    """Answers the stage's fixed questions plus the document's own question field.
+
+    label = the first question's answer, score = its confidence; `output.answers`
+    holds every question with its span (character offsets into the text).
+    """
+
+    auto_class = "AutoModelForQuestionAnswering"
+    spec: QaStage
+
+    def questions_for(self, doc: Document) -> list[str]:
+        questions = list(self.spec.questions)
+        if self.spec.question_field:
+            value = doc.meta.get(self.spec.question_field)
+            if isinstance(value, str) and value.strip():
+                questions.append(value.strip())
+            elif isinstance(value, list):
+                questions.extend(str(q).strip() for q in value if str(q).strip())
+        return questions
+
+    def run(self, docs: list[Document], context: Context) -> list[Outcome]:
+        from worker.training.qa import answer_questions
+
+        items: list[tuple[str, str]] = []
+        owners: list[int] = []
+        for index, doc in enumerate(docs):
+            for question in self.questions_for(doc):
+                items.append((question, doc.text))
+                owners.append(index)
+        spans = answer_questions(
+            self.model, self.tokenizer, items, max_length=self.max_positions, stride=self.spec.stride,
+            max_answer_length=self.spec.max_answer_length, batch_size=self.spec.batch_size,
+            max_windows=self.spec.max_windows, no_answer_threshold=self.spec.no_answer_threshold,
+        )
+        per_doc: list[list[dict[str, Any]]] = [[] for _ in docs]
+        for (question, _), owner, span in zip(items, owners, spans, strict=True):
+            per_doc[owner].append({"question": question, **span})
+            self.stats.extra["windows"] = self.stats.extra.get("windows", 0) + int(span.get("windows", 0))
+        outcomes: list[Outcome] = []
+        for doc, answers in zip(docs, per_doc, strict=True):
+            if not answers:
+                outcomes.append(self.dead(doc, "missing_question", f"no `questions` in the stage and no `{self.spec.question_field}` field"))
+                continue
+            first = answers[0]
+            label = None if first["no_answer"] else first["answer"][:256]
+            outcomes.append(self.result(doc, label, float(first["score"]), {"answers": answers}))
+        return outcomes

@@ -1,0 +1,83 @@
+"""Seq2seq translation with bounded output; long texts go sentence chunk by chunk."""
+
+from __future__ import annotations
+
+import re
+
+from schemas.documents import Document
+from schemas.pipeline import TranslateStage
+from worker.stages.base import Context, HFStage, Outcome
+from worker.stages.language import language_problem
+
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+MAX_CHUNKS = 64
+
+
+def split_chunks(text: str, max_chars: int) -> list[str]:
+    """Sentences packed into chunks of at most `max_chars` (a longer sentence is cut)."""
+    chunks: list[str] = []
+    current = ""
+    for sentence in (s.strip() for s in _SENTENCE_END.split(text)):
+        if not sentence:
+            continue
+        while len(sentence) > max_chars:
+            cut = sentence.rfind(" ", 0, max_chars)
+            cut = cut if cut > max_chars // 2 else max_chars
+            if current:
+                chunks.append(current)
+                current = ""
+            chunks.append(sentence[:cut].strip())
+            sentence = sentence[cut:].strip()
+        if current and len(current) + 1 + len(sentence) > max_chars:
+            chunks.append(current)
+            current = ""
+        current = f"{current} {sentence}".strip()
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class TranslateTextStage(HFStage):
+    """label = target language, output.translation = the translated text."""
+
+    auto_class = "AutoModelForSeq2SeqLM"
+    spec: TranslateStage
+
+    def after_load(self) -> None:
+        self.forced_bos: int | None = None
+        lang_ids = getattr(self.tokenizer, "lang_code_to_id", None)
+        if lang_ids and self.spec.target_lang in lang_ids:
+            self.forced_bos = lang_ids[self.spec.target_lang]
+
+    def run(self, docs: list[Document], context: Context) -> list[Outcome]:
+        from worker.training.translation import translate_texts
+
+        outcomes: list[Outcome | None] = [None] * len(docs)
+        chunks: list[str] = []
+        owners: list[int] = []
+        truncated: dict[int, bool] = {}
+        for index, doc in enumerate(docs):
+            problem = language_problem(doc.text, self.spec.source_lang, self.spec.source_scripts)
+            if problem:
+                outcomes[index] = self.dead(doc, "unsupported_language", problem)
+                continue
+            parts = split_chunks(doc.text, self.spec.max_chars)
+            truncated[index] = len(parts) > MAX_CHUNKS
+            for part in parts[:MAX_CHUNKS]:
+                chunks.append(part)
+                owners.append(index)
+        translated = translate_texts(
+            self.model, self.tokenizer, chunks, max_new_tokens=self.spec.max_new_tokens,
+            num_beams=self.spec.num_beams, prefix=self.spec.prefix, batch_size=self.spec.batch_size,
+            forced_bos_token_id=self.forced_bos,
+        ) if chunks else []
+        joined: dict[int, list[str]] = {}
+        for owner, text in zip(owners, translated, strict=True):
+            joined.setdefault(owner, []).append(text)
+        for index, doc in enumerate(docs):
+            if outcomes[index] is None:
+                parts = joined.get(index, [])
+                output = {"translation": " ".join(parts), "source_lang": self.spec.source_lang,
+                          "target_lang": self.spec.target_lang, "chunks": len(parts), "truncated": truncated.get(index, False)}
+                outcomes[index] = self.result(doc, self.spec.target_lang, None, output)
+        return [o for o in outcomes if o is not None]

@@ -1,0 +1,186 @@
+"""`textworker train` and `textworker eval`: one entry per stage type."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.pipeline import ClassifyStage, PipelineSpec, QaStage, SpamStage, TranslateStage
+from worker.cli import default_models_dir, emit
+from worker.config import load_pipeline
+from worker.errors import DataFileError, TextworkerError
+from worker.models import loading
+from worker.models.defaults import finish_version
+
+StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+
+
+def read_texts(path: Path) -> list[str]:
+    """Texts from a TSV (longest column), JSONL (`text`/`context`/`en`) or plain-text file."""
+    texts: list[str] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            value = next((row[k] for k in ("text", "context", "en", "de") if isinstance(row, dict) and k in row), None)
+            if isinstance(value, str):
+                texts.append(value)
+        elif path.suffix == ".tsv":
+            texts.append(max(line.split("\t"), key=len))
+        else:
+            texts.append(line)
+    return texts
+
+
+def stage_labels(stage: StageSpec) -> list[str] | None:
+    if isinstance(stage, SpamStage):
+        return [stage.ham_label, stage.spam_label]
+    if isinstance(stage, ClassifyStage):
+        return list(stage.labels) if stage.labels else None
+    return None
+
+
+def version_dir(stage: StageSpec, out: str | None) -> tuple[Path, str]:
+    """Where the new version goes: --out, else a new version beside the stage's model."""
+    version = "v" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    if out:
+        return Path(out), Path(out).name
+    model = Path(stage.model).expanduser()
+    family = model if model.is_dir() and not loading.is_model_dir(model) else Path(default_models_dir()) / stage.name
+    return family / version, version
+
+
+def _progress(args: argparse.Namespace, what: str) -> tuple[Callable[[int, int, dict[str, Any]], None] | None, Callable[[], None]]:
+    if args.quiet or args.json:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, unit=" steps", file=sys.stderr, dynamic_ncols=True)
+
+    def update(step: int, total: int, info: dict[str, Any]) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(info, refresh=True)
+
+    return update, bar.close
+
+
+def _train_kwargs(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    return {name: getattr(args, attr) for attr, name in mapping.items() if getattr(args, attr, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    spec = load_pipeline(args.pipeline)
+    stage = spec.stage(args.stage)
+    out, version = version_dir(stage, args.out)
+    base = args.base or stage.model
+    progress, close = _progress(args, f"train {stage.name}")
+    started = time.perf_counter()
+    try:
+        info = _train(stage, args, out, base, progress)
+    finally:
+        close()
+    info.setdefault("train_seconds", round(time.perf_counter() - started, 1))
+    finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(args.data), info=info, version=version)
+    if args.promote:
+        loading.set_current_version(out.parent, out)
+    metrics = info.get("metrics") or {}
+    text = f"trained {stage.name} ({stage.type}) in {info['train_seconds']:.0f}s -> {out}"
+    if metrics:
+        text += "\n  " + " ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict))
+    emit(args, {"out": str(out), "version": version, **info}, text)
+    return 0
+
+
+def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, progress: Any) -> dict[str, Any]:
+    common = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed"})
+    if isinstance(stage, ClassifyStage | SpamStage):
+        from worker.training.classify import train_classifier
+        from worker.training.data import load_labelled
+
+        labels = stage_labels(stage)
+        texts, golds = load_labelled(args.data, labels, args.limit)
+        eval_data = load_labelled(args.eval_data, labels) if args.eval_data else None
+        extra = _train_kwargs(args, {"batch_size": "batch_size", "max_length": "max_length"})
+        return train_classifier(texts, golds, out, base=_base_dir(base), labels=labels, eval_data=eval_data, progress=progress, **common, **extra)
+    if isinstance(stage, QaStage):
+        from worker.training.qa import load_squad, train_qa
+
+        examples = load_squad(args.data, args.limit)
+        evals = load_squad(args.eval_data) if args.eval_data else None
+        extra = _train_kwargs(args, {"batch_size": "batch_size", "max_length": "max_length"})
+        return train_qa(examples, out, base=_base_dir(base), eval_examples=evals, progress=progress, **common, **extra)
+    from worker.training.translation import load_pairs, train_translation
+
+    pairs = load_pairs(args.data, stage.source_lang, stage.target_lang, args.limit)
+    evals_t = load_pairs(args.eval_data, stage.source_lang, stage.target_lang) if args.eval_data else None
+    scratch = base == "scratch"
+    return train_translation(
+        pairs, out, base=None if scratch else _base_dir(base), size=args.size, eval_pairs=evals_t, progress=progress, **common
+    )
+
+
+def _base_dir(base: str) -> str:
+    """A family directory means its current version; anything else passes through."""
+    return loading.resolve(base).location
+
+
+def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str | None, limit: int | None) -> dict[str, Any]:
+    """Metrics for the stage's model (or `model`) on a labelled file."""
+    import transformers
+
+    ref = loading.resolve(model or stage.model)
+    auto = {"classify": "AutoModelForSequenceClassification", "spam": "AutoModelForSequenceClassification",
+            "qa": "AutoModelForQuestionAnswering", "translate": "AutoModelForSeq2SeqLM"}[stage.type]
+    tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref)
+    net = loading.load_pretrained(getattr(transformers, auto), ref).eval()
+    result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data}
+    if isinstance(stage, ClassifyStage | SpamStage):
+        from worker.training.classify import evaluate_classifier
+        from worker.training.data import load_labelled
+
+        texts, golds = load_labelled(data, stage_labels(stage), limit)
+        positive = stage.spam_label if isinstance(stage, SpamStage) else None
+        threshold = stage.threshold if isinstance(stage, SpamStage) else None
+        result["metrics"] = evaluate_classifier(net, tokenizer, texts, golds, labels=stage_labels(stage),
+                                                max_length=stage.max_length, positive=positive, threshold=threshold)
+    elif isinstance(stage, QaStage):
+        from worker.training.qa import evaluate_qa, load_squad
+
+        result["metrics"] = evaluate_qa(net, load_squad(data, limit), tokenizer=tokenizer, max_length=stage.max_length, stride=stage.stride)
+    else:
+        from worker.training.translation import evaluate_translation, load_pairs
+
+        pairs = load_pairs(data, stage.source_lang, stage.target_lang, limit)
+        result["metrics"] = evaluate_translation(net, pairs, tokenizer=tokenizer, num_beams=stage.num_beams)
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    spec = load_pipeline(args.pipeline)
+    stage = spec.stage(args.stage)
+    if not Path(args.data).is_file():
+        raise DataFileError(f"data file `{args.data}` does not exist")
+    started = time.perf_counter()
+    try:
+        result = evaluate_stage(spec, stage, args.data, args.model, args.limit)
+    except (KeyError, ValueError) as exc:
+        raise TextworkerError(f"cannot evaluate `{stage.name}` on {args.data}: {exc}") from exc
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    metrics = result["metrics"]
+    lines = [f"{stage.name} ({stage.type}) {result['model_version']} on {args.data} ({metrics.get('n', '?')} rows, {result['seconds']}s)"]
+    lines += [f"  {k}: {v}" for k, v in metrics.items() if not isinstance(v, dict) and k != "n"]
+    for label, scores in (metrics.get("per_label") or {}).items():
+        lines.append(f"  {label:<12} precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  f1 {scores['f1']:.4f}  n={scores['support']}")
+    emit(args, result, "\n".join(lines))
+    return 0

@@ -1,0 +1,315 @@
+"""Train, fine-tune, run and score small sequence-to-sequence translation models on CPU.
+
+A scratch model is a joint BPE tokenizer (``tokenizers``) plus a ``MarianMTModel`` built from a config; both are saved
+as a plain Hugging Face directory (``tokenizer.json``, ``config.json``, ``generation_config.json``,
+``model.safetensors``) that loads with ``AutoTokenizer`` / ``AutoModelForSeq2SeqLM`` and no remote code.
+The saved tokenizer appends ``</s>`` to every text, so ``tokenizer(text_target=...)`` yields training labels, and the
+saved generation config lets a bare ``model.generate(**tokenizer(texts, return_tensors="pt", padding=True))`` work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import string
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GenerationConfig,
+    MarianConfig,
+    MarianMTModel,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
+MAX_POSITIONS = 256
+MAX_TRAIN_TOKENS = 128
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 128, "layers": 2, "heads": 4, "ffn": 512},
+    "small": {"d_model": 256, "layers": 3, "heads": 4, "ffn": 1024},
+}
+_ALPHABET = list(string.ascii_letters + string.digits + string.punctuation + "äöüÄÖÜßéèêëàâáçñíóúôîïœæ€°§„“”‚‘’–—«»…")
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def load_pairs(path: str | Path, src: str = "en", tgt: str = "de", limit: int | None = None) -> list[tuple[str, str]]:
+    """Read ``(src, tgt)`` pairs from JSONL, skipping blank, malformed or empty-sided lines.
+
+    Raises ``ValueError`` only when no valid pair remains (or ``limit`` < 1).
+    """
+    pairs: list[tuple[str, str]] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if limit is not None and len(pairs) >= limit:
+                break
+            try:
+                row = json.loads(line)
+                s, t = row[src], row[tgt]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(s, str) and isinstance(t, str) and s.strip() and t.strip():
+                pairs.append((s.strip(), t.strip()))
+    if not pairs:
+        raise ValueError(f"no valid {src!r}/{tgt!r} pairs in {path}")
+    return pairs
+
+
+def _train_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Joint BPE over both sides; the post-processor appends ``</s>`` to every sequence."""
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, EOS, UNK, BOS],
+        initial_alphabet=_ALPHABET, show_progress=False,
+    )
+    tok.train_from_iterator((text for pair in pairs for text in pair), trainer=trainer)
+    eos_id = tok.token_to_id(EOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=BOS,
+        model_max_length=MAX_POSITIONS, padding_side="right", truncation_side="right",
+    )
+
+
+def _scratch_model(tokenizer: PreTrainedTokenizerFast, size: str) -> MarianMTModel:
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    dims = SIZES[size]
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id, "decoder_start_token_id": tokenizer.bos_token_id}
+    config = MarianConfig(
+        vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS,
+        d_model=dims["d_model"], encoder_layers=dims["layers"], decoder_layers=dims["layers"],
+        encoder_attention_heads=dims["heads"], decoder_attention_heads=dims["heads"],
+        encoder_ffn_dim=dims["ffn"], decoder_ffn_dim=dims["ffn"], activation_function="gelu",
+        dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, scale_embedding=True,
+        share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+        forced_eos_token_id=tokenizer.eos_token_id, **ids,
+    )
+    model = MarianMTModel(config)
+    model.generation_config = GenerationConfig(
+        **ids, forced_eos_token_id=tokenizer.eos_token_id, max_new_tokens=128, num_beams=1
+    )
+    return model
+
+
+def build_scratch_model(
+    pairs: list[tuple[str, str]], out_dir: str | Path, *, size: str = "small", vocab_size: int = 8000, seed: int = 0
+) -> None:
+    """Train a joint BPE tokenizer on ``pairs``, build an untrained Marian model of ``size``, save both to ``out_dir``.
+
+    The vocabulary may come out smaller than ``vocab_size`` on little data. Deterministic given ``seed``.
+    """
+    if not pairs:
+        raise ValueError("build_scratch_model needs at least one pair")
+    tokenizer = _train_tokenizer(pairs, vocab_size)
+    torch.manual_seed(seed)
+    model = _scratch_model(tokenizer, size)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _max_source_len(model: PreTrainedModel, tokenizer: Any) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or 512
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    return min(limit, tok_limit) if isinstance(tok_limit, int) and tok_limit > 0 else limit
+
+
+def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Group example indices of similar length so that ``len(batch) * longest <= batch_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast roughly doubles speed."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _lr_factor(progress: float, warmup: float) -> float:
+    """Linear warmup over the first ``warmup`` fraction of training, then linear decay to zero."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+
+def train_translation(
+    pairs: list[tuple[str, str]],
+    out_dir: str | Path,
+    *,
+    base: str | Path | None = None,
+    size: str = "small",
+    epochs: float = 12.0,
+    lr: float = 1e-3,
+    batch_tokens: int = 2048,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    eval_pairs: list[tuple[str, str]] | None = None,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Train a scratch model (``base=None``) or fine-tune the seq2seq directory ``base`` on ``pairs``; save to ``out_dir``.
+
+    ``batch_tokens`` bounds ``sentences * longest sequence`` per step. The learning rate warms up over the first 6 % of
+    training and decays linearly to zero at ``epochs``; with ``max_minutes`` the decay also tracks elapsed time, so the
+    schedule ends when the budget does (results then depend on machine speed; without a budget they depend on ``seed``
+    only). ``progress(step, total_steps, {"loss": ...})`` is called every few steps and once at the end.
+    Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
+    """
+    if not pairs:
+        raise ValueError("train_translation needs at least one pair")
+    out_dir = Path(out_dir)
+    if base is None:
+        build_scratch_model(pairs, out_dir, size=size, seed=seed)
+        base = out_dir
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSeq2SeqLM.from_pretrained(base)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
+    src = tokenizer([p[0] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
+    tgt = tokenizer(text_target=[p[1] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
+    batches = _make_batches([max(len(s), len(t)) for s, t in zip(src, tgt)], batch_tokens, rng)
+    total_steps = max(1, math.ceil(epochs * len(batches)))
+    warmup = 0.06
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    pad_id = tokenizer.pad_token_id
+    bf16 = cpu_has_bf16()
+    budget = max_minutes * 60.0 if max_minutes is not None else None
+    model.train()
+    start = time.monotonic()
+    step, loss_sum, loss_n, order = 0, 0.0, 0, []
+    while step < total_steps:
+        if not order:
+            order = list(range(len(batches)))
+            rng.shuffle(order)
+        idx = batches[order.pop()]
+        input_ids = _pad([src[i] for i in idx], pad_id)
+        labels = _pad([tgt[i] for i in idx], -100)
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id),
+                           decoder_input_ids=decoder_input_ids).logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1),
+                               ignore_index=-100, label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        elapsed = time.monotonic() - start
+        frac = step / total_steps if budget is None else max(step / total_steps, elapsed / budget)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _lr_factor(frac, warmup)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        out_of_time = budget is not None and time.monotonic() - start >= budget
+        if progress is not None and (step % 10 == 0 or step == total_steps or out_of_time):
+            progress(step, total_steps, {"loss": loss_sum / loss_n, "lr": optimizer.param_groups[0]["lr"]})
+            loss_sum, loss_n = 0.0, 0
+        if out_of_time:
+            break
+    train_seconds = time.monotonic() - start
+    model.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    metrics = evaluate_translation(model, eval_pairs, tokenizer=tokenizer) if eval_pairs else {}
+    return {
+        "train_seconds": round(train_seconds, 2),
+        "steps": step,
+        "epochs": round(step / len(batches), 3),
+        "train_pairs": len(pairs),
+        "seed": seed,
+        "params": {"base": str(base) if base != out_dir else None, "size": size, "epochs": epochs, "lr": lr,
+                   "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
+                   "label_smoothing": 0.1, "bf16_autocast": bf16, "n_parameters": sum(p.numel() for p in model.parameters())},
+        "metrics": metrics,
+    }
+
+
+def translate_texts(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    prefix: str = "",
+    batch_size: int = 32,
+    forced_bos_token_id: int | None = None,
+) -> list[str]:
+    """Translate ``texts`` (results in input order, always ``str``); inputs longer than the model's positions are
+    truncated, and ``max_new_tokens`` is capped to the model's positions too."""
+    max_src = _max_source_len(model, tokenizer)
+    max_new = max(1, min(max_new_tokens, getattr(model.config, "max_position_embeddings", 10**9) - 1))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    results = [""] * len(texts)
+    extra = {"forced_bos_token_id": forced_bos_token_id} if forced_bos_token_id is not None else {}
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            enc = tokenizer([prefix + texts[i] for i in idx], return_tensors="pt", padding=True,
+                            truncation=True, max_length=max_src)
+            out = model.generate(**enc, max_new_tokens=max_new, num_beams=num_beams, do_sample=False, **extra)
+            for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
+                results[i] = text.strip()
+    model.train(was_training)
+    return results
+
+
+def evaluate_translation(
+    model_dir_or_model: str | Path | PreTrainedModel,
+    pairs: list[tuple[str, str]],
+    *,
+    tokenizer: Any = None,
+    num_beams: int = 1,
+    batch_size: int = 64,
+) -> dict:
+    """Corpus BLEU and chrF (sacrebleu defaults) of the model's translations of ``pairs``: ``{"bleu", "chrf", "n"}``."""
+    import sacrebleu
+
+    if isinstance(model_dir_or_model, (str, Path)):
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir_or_model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir_or_model)
+    else:
+        model = model_dir_or_model
+        if tokenizer is None:
+            raise ValueError("pass tokenizer= when evaluating an in-memory model")
+    hyps = translate_texts(model, tokenizer, [p[0] for p in pairs], num_beams=num_beams, batch_size=batch_size)
+    refs = [[p[1] for p in pairs]]
+    return {"bleu": round(sacrebleu.corpus_bleu(hyps, refs).score, 2),
+            "chrf": round(sacrebleu.corpus_chrf(hyps, refs).score, 2), "n": len(pairs)}
