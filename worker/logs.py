@@ -37,5 +37,6 @@ def setup_logging(level: str = "WARNING") -> None:
         transformers.logging.disable_progress_bar()
     except ImportError:
         pass
+    quiet_level = logging.WARNING if root.level <= logging.INFO else logging.ERROR
     for noisy in ("transformers", "urllib3", "filelock", "alembic", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(max(quiet_level, root.level))

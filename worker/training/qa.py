@@ -119,6 +119,16 @@ def _input_plan(model: Any, tokenizer: Any) -> tuple[int, Callable[[Sequence[Win
     return pad_id, use_types
 
 
+def _max_positions(model: Any, max_length: int) -> int:
+    """``max_length`` capped by the model's position embeddings (RoBERTa-style models reserve two)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return max_length
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    return min(max_length, int(limit))
+
+
 def _forward(model: Any, tokenizer: Any, windows: list[Window], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Start/end logits (float32, trimmed to each window's length) for every window, in input order."""
     pad_id, use_types = _input_plan(model, tokenizer)
@@ -158,7 +168,7 @@ def answer_questions(
     questions = [q for q, _ in items]
     contexts = [c for _, c in items]
     windows, truncated = build_windows(
-        tokenizer, questions, contexts, max_length=max_length, stride=stride, max_windows=max_windows
+        tokenizer, questions, contexts, max_length=_max_positions(model, max_length), stride=stride, max_windows=max_windows
     )
     was_training = model.training
     model.eval()
@@ -277,7 +287,7 @@ def train_qa(
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForQuestionAnswering.from_pretrained(base, use_safetensors=True)
     windows, used = training_windows(
-        tokenizer, examples, max_length=max_length, stride=stride, negative_fraction=negative_fraction, rng=rng
+        tokenizer, examples, max_length=_max_positions(model, max_length), stride=stride, negative_fraction=negative_fraction, rng=rng
     )
     if not windows:
         raise ValueError("no training windows: no gold answer aligns with the tokenizer")
@@ -344,5 +354,4 @@ def train_qa(
     if eval_examples:
         metrics = evaluate_qa(model, eval_examples, tokenizer=tokenizer, max_length=max_length, stride=stride)
         result["metrics"] = {"exact_match": metrics["exact_match"], "f1": metrics["f1"]}
-    (out / "qa_training.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,0 +1,74 @@
+"""Shared fixtures: the real data sets, the default models, a real PostgreSQL database.
+
+A service the tests need that is missing fails the run when CI=true, and skips
+with the reason otherwise (a developer's laptop without PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real public data sets (../shared/data, or $TEXTWORKER_SHARED_DATA)."""
+    path = Path(os.environ.get("TEXTWORKER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (path / "docs").is_dir():
+        pytest.skip(f"the shared data sets are not on this machine ({path}); set TEXTWORKER_SHARED_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The default models, built once if missing (`make models` builds them ahead)."""
+    from worker.models.defaults import build_defaults
+
+    path = Path(os.environ.get("TEXTWORKER_MODELS_DIR", REPO / "models")).resolve()
+    build_defaults(path, log_step=lambda message: None)
+    os.environ["TEXTWORKER_MODELS_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    return os.environ.get("TEXTWORKER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    name = f"tw_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        _missing(f"PostgreSQL is not reachable at {postgres_admin_url}: {str(exc.orig).strip()[:200]}")
+    url = postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'textworker.db'}"
