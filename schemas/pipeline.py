@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STAGE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
@@ -62,7 +62,13 @@ class KafkaSecurity(StrictModel):
 
 
 class KafkaSource(StrictModel):
-    """Documents from Kafka topics, read in a consumer group."""
+    """Documents from Kafka topics, read in a consumer group.
+
+    `format: json`: each value is a JSON object (`id_field`, `text_field`; without an id
+    the record key is the id, without a key an id is generated from the text).
+    `format: text`: the value is the text and the key the id. `headers` maps document
+    fields to Kafka header names. See `worker.sources.kafka` and `worker.runtime.stream`.
+    """
 
     type: Literal["kafka"] = "kafka"
     bootstrap_servers: str = Field(min_length=1)
@@ -79,14 +85,34 @@ class KafkaSource(StrictModel):
     max_batch: int = Field(default=256, gt=0)
     max_wait_ms: int = Field(default=500, ge=0)
     max_chars: int = Field(default=1_000_000, gt=0)
-    dead_letter_topic: str | None = None
-    results_topic: str | None = None
+    max_value_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Larger values become dead letters (too_large) unparsed."
+    )
+    dead_letter_topic: str | None = Field(default=None, description="Dead letters are published here (at least once).")
+    results_topic: str | None = Field(default=None, description="Each document's results are published here (at least once).")
     security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    api_version: tuple[int, int, int] | None = Field(
+        default=(2, 5, 0),
+        description="Broker protocol version kafka-python assumes; (2, 5, 0) is needed for consumer groups "
+        "on Tansu. null probes the broker.",
+    )
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="A dead worker's partitions move after this.")
+    max_poll_interval_ms: int = Field(default=600_000, ge=10_000, description="Longest gap between polls (a batch).")
+    client_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra kafka-python consumer/producer settings, passed through."
+    )
+
+    @field_validator("dead_letter_topic", "results_topic", "topic_pattern", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _topics_or_pattern(self) -> KafkaSource:
         if not self.topics and not self.topic_pattern:
             raise ValueError("set `topics` (a list) or `topic_pattern`")
+        if self.topics and self.topic_pattern:
+            raise ValueError("set either `topics` or `topic_pattern`, not both")
         return self
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="SQLAlchemy URL (default: the pipeline's sink, then $TEXTWORKER_DATABASE_URL)")
     p.add_argument("--limit", type=int, help="stop after N input items")
     p.add_argument("--chunk-size", type=int, default=256)
+    k = p.add_argument_group("kafka sources", "without these a kafka pipeline streams until SIGTERM/SIGINT")
+    k.add_argument("--until-end", action="store_true", help="exit once every owned partition is caught up")
+    k.add_argument("--from-offset", type=int, help="replay: first offset of every partition (read outside the group)")
+    k.add_argument("--until-offset", type=int, help="replay: stop each partition before this offset")
+    k.add_argument("--from-time", help="replay: first record timestamp, ISO 8601 (e.g. 2026-11-28T10:00:00Z)")
+    k.add_argument("--until-time", help="replay: stop each partition at its first record at or after this time")
     _add_common(p)
 
     p = sub.add_parser("validate", help="check a pipeline file and report every problem")

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas.pipeline import FileSource, PipelineSpec
-from worker.cli import default_database_url, default_models_dir, emit
+from schemas.pipeline import FileSource, KafkaSource, PipelineSpec
+from worker.cli import default_database_url, emit
 from worker.config import load_pipeline
 from worker.errors import PipelineFileError, TextworkerError
 from worker.models import loading
@@ -27,6 +27,7 @@ def database_url(args: argparse.Namespace, spec: PipelineSpec | None) -> str:
 
 
 def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
+    """The pipeline's source; --input PATH reads files instead, whatever the source type."""
     if isinstance(spec.source, FileSource):
         from worker.sources.files import FileDocumentSource
 
@@ -35,6 +36,10 @@ def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
         from worker.sources.files import FileDocumentSource
 
         return FileDocumentSource(FileSource(path=input_path), input_path)
+    if isinstance(spec.source, KafkaSource):
+        from worker.sources.kafka import KafkaDocumentSource
+
+        return KafkaDocumentSource(spec.source)
     raise TextworkerError(f"source type `{spec.source.type}` is not supported by `run` yet", hint="use a file source or --input PATH")
 
 
@@ -43,6 +48,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from worker.sinks.sql import SqlResultSink
 
     spec = load_pipeline(args.pipeline)
+    if isinstance(spec.source, KafkaSource) and not args.input:
+        from worker.runtime.stream import StreamOptions, run_stream
+
+        try:
+            options = StreamOptions.from_args(args)
+        except ValueError as exc:
+            raise TextworkerError(f"bad replay range: {exc}", hint="offsets >= 0, ISO 8601 times, from before until") from exc
+        stream_summary = run_stream(spec, database_url(args, spec), options)
+        emit(args, stream_summary.as_dict(), render_summary(stream_summary.as_dict()))
+        return 0
     source = make_source(spec, args.input)
     sink = SqlResultSink(database_url(args, spec), spec.name, new_run_id(), store_text=spec.sink.store_text).open()
     bar = _progress_bar(args, "documents")

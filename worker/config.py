@@ -138,13 +138,14 @@ def parse_pipeline(text: str, filename: str = "<pipeline>", env: Mapping[str, st
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        messages = " ".join(str(e["msg"]) for e in exc.errors())
-        for path, msg in _cross_check(data):
-            if msg not in messages:
-                problems.append(Problem(_format_path(path), msg, _line_for(path, lines)))
+        cross = _cross_check(data)
+        for path, msg in cross:
+            problems.append(Problem(_format_path(path), msg, _line_for(path, lines)))
         for error in exc.errors():
             loc = _clean_loc(error["loc"])
             message = error["msg"].removeprefix("Value error, ")
+            if not loc and any(msg in message for _, msg in cross):
+                continue
             if error["type"] == "extra_forbidden":
                 message = "unknown field (check its spelling and indentation)"
             problems.append(Problem(_format_path(loc), message, _line_for(loc, lines)))

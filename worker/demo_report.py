@@ -31,14 +31,14 @@ def print_report(url: str, pipeline: str, samples: int = 3) -> None:
                                 .where(r.c.pipeline == pipeline, r.c.stage == stage).order_by(r.c.score.desc()).limit(samples)).all()
             for label, score, text in rows:
                 print(f"  [{stage} {label} {score:.2f}] {_clip(text)}")
-        rows = conn.execute(sa.select(r.c.output, r.c.doc_id).where(r.c.pipeline == pipeline, r.c.stage == "qa")
+        qa_rows = conn.execute(sa.select(r.c.output, r.c.doc_id).where(r.c.pipeline == pipeline, r.c.stage == "qa")
                             .order_by(r.c.score.desc()).limit(samples)).all()
-        for output, doc_id in rows:
+        for output, doc_id in qa_rows:
             for answer in output.get("answers", [])[-1:]:
                 print(f"  [qa {doc_id}] Q: {_clip(answer['question'], 50)}  A: {_clip(answer['answer'], 40)} ({answer['score']:.2f})")
-        rows = conn.execute(sa.select(r.c.output, d.c.text).join(d, d.c.doc_id == r.c.doc_id)
+        tr_rows = conn.execute(sa.select(r.c.output, d.c.text).join(d, d.c.doc_id == r.c.doc_id)
                             .where(r.c.pipeline == pipeline, r.c.stage == "translate").order_by(d.c.chars).limit(samples)).all()
-        for output, text in rows:
+        for output, text in tr_rows:
             print(f"  [translate] {_clip(text, 45)}  ->  {_clip(output.get('translation'), 45)}")
         letters = conn.execute(sa.select(dl.c.ref, dl.c.stage, dl.c.reason, dl.c.detail).where(dl.c.pipeline == pipeline).order_by(dl.c.id)).all()
         print(f"  dead letters: {len(letters)}")

@@ -92,6 +92,14 @@ def test_scratch_build_deterministic(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
 
 
+def test_training_deterministic(tmp_path):
+    runs = [train_translation(make_pairs(60), tmp_path / n, size="tiny", epochs=1, batch_tokens=256, seed=5)
+            for n in ("a", "b")]
+    assert runs[0]["steps"] == runs[1]["steps"]
+    ma, mb = (AutoModelForSeq2SeqLM.from_pretrained(tmp_path / n) for n in ("a", "b"))
+    assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
 def test_unknown_size_rejected(tmp_path):
     with pytest.raises(ValueError):
         build_scratch_model(make_pairs(20), tmp_path, size="huge")
@@ -137,5 +145,5 @@ def test_evaluate_from_dir_and_finetune(trained_dir, tmp_path):
     with pytest.raises(ValueError):
         evaluate_translation(AutoModelForSeq2SeqLM.from_pretrained(out), make_pairs(2))
     tuned = train_translation(make_pairs(40), tmp_path / "ft", base=out, epochs=1, lr=1e-4, batch_tokens=256)
-    assert tuned["params"]["base"] == str(out) and tuned["steps"] > 0
+    assert tuned["params"]["base"] == str(out) and tuned["params"]["size"] is None and tuned["steps"] > 0
     assert AutoTokenizer.from_pretrained(tmp_path / "ft").is_fast

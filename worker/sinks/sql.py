@@ -10,8 +10,8 @@ stored offsets never run ahead of the stored results.
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -202,6 +202,7 @@ class SqlResultSink:
         if not rows:
             return
         dialect = conn.dialect.name
+        stmt: Any
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -280,7 +281,7 @@ def _dedupe(rows: Sequence[dict[str, Any]], keys: list[str]) -> list[dict[str, A
 def _jsonable(value: Any) -> Any:
     """JSON-safe copy: PostgreSQL JSONB rejects NUL characters and non-finite floats."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k).replace("\x00", ""): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, str):

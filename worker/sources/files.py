@@ -80,7 +80,7 @@ class FileDocumentSource:
 
     def _read_jsonl(self, path: Path) -> Iterator[SourceItem]:
         with path.open("rb") as handle:
-            head = handle.read(1)
+            head = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
             handle.seek(0)
             if path.suffix.lower() == ".json" and head == b"[":
                 yield from self._read_json_array(path, handle.read())
@@ -104,18 +104,19 @@ class FileDocumentSource:
 
     def _read_json_array(self, path: Path, data: bytes) -> Iterator[SourceItem]:
         try:
-            records = json.loads(data.decode(self.spec.encoding))
+            records = json.loads(data.decode("utf-8-sig" if self.spec.encoding.lower() in ("utf-8", "utf8") else self.spec.encoding))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             yield DeadLetter(ref=str(path), reason="invalid_json", detail=str(exc), payload=clip_payload(data))
             return
         for index, record in enumerate(records):
-            yield self._doc(record, f"{path}#{index}", json.dumps(record, ensure_ascii=False)[:65536])
+            yield self._doc(record, f"{path}#{index}", json.dumps(record, ensure_ascii=False))
 
     def _read_table(self, path: Path, delimiter: str) -> Iterator[SourceItem]:
         with path.open("r", encoding=self.spec.encoding, errors="surrogateescape", newline="") as handle:
             reader = csv.reader(handle, delimiter=delimiter)
             header: list[str] | None = None
-            for number, row in enumerate(reader, start=1):
+            for row in reader:
+                number = reader.line_num
                 if header is None and self.spec.has_header:
                     header = row
                     self._check_columns(path, header)

@@ -63,7 +63,7 @@ def to_document(
     doc_id = record.get(id_field)
     if isinstance(doc_id, bool) or (doc_id is not None and not isinstance(doc_id, str | int)):
         return dead("invalid_id", f"`{id_field}` must be a string or an integer, got {type(doc_id).__name__}")
-    doc_ref = str(doc_id) if doc_id is not None else ref
+    doc_ref = str(doc_id).replace("\x00", "") if doc_id is not None and str(doc_id).strip() else ref
     if text_field not in record:
         return dead("missing_text", f"no `{text_field}` field", doc_ref)
     text = record[text_field]
@@ -72,12 +72,12 @@ def to_document(
         return dead("wrong_type", f"`{text_field}` must be a string, got {kind}", doc_ref)
     if _has_surrogates(text) or (doc_id is not None and _has_surrogates(str(doc_id))):
         return dead("invalid_utf8", "the text holds bytes that are not valid UTF-8", doc_ref)
+    text = text.replace("\x00", "")
     if not text.strip():
         return dead("empty_text", "the text is empty or only whitespace", doc_ref)
     if len(text) > max_chars:
         return dead("too_large", f"{len(text)} characters, over the limit of {max_chars}", doc_ref)
-    text = text.replace("\x00", "")
-    doc_id = str(doc_id) if doc_id is not None else generated_id(text)
+    doc_id = str(doc_id).replace("\x00", "") if doc_id is not None else generated_id(text)
     if not doc_id.strip() or len(doc_id) > 512:
         return dead("invalid_id", "the id is empty or longer than 512 characters", doc_ref)
     if fields:

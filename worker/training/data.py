@@ -16,7 +16,7 @@ MAX_LABELS = 100
 
 def _label_column(rows: list[list[str]], known: Sequence[str] | None) -> int:
     """Index of the label column: the one matching known labels, else the one with few short values."""
-    scores = []
+    scores: list[tuple[float, float]] = []
     for col in (0, 1):
         values = Counter(r[col] for r in rows)
         if known:
@@ -38,6 +38,7 @@ def load_labelled(path: str | Path, labels: Sequence[str] | None = None, limit: 
     if not path.is_file():
         raise DataFileError(f"data file `{path}` does not exist")
     rows: list[list[str]] = []
+    numbers: list[int] = []
     with path.open(encoding="utf-8", newline="") as handle:
         for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -47,12 +48,16 @@ def load_labelled(path: str | Path, labels: Sequence[str] | None = None, limit: 
             if number == 1 and {c.strip().lower() for c in row} == {"text", "label"}:
                 continue
             rows.append(row)
+            numbers.append(number)
             if limit is not None and len(rows) >= limit:
                 break
     if not rows:
         raise DataFileError(f"{path}: no rows")
     col = _label_column(rows[:2000], labels)
     texts = [r[1 - col] for r in rows]
+    for number, text in zip(numbers, texts, strict=True):
+        if not text.strip():
+            raise DataFileError(f"{path}:{number}: the text is empty")
     golds = [r[col].strip() for r in rows]
     if labels:
         unknown = sorted(set(golds) - set(labels))

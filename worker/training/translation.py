@@ -182,6 +182,10 @@ def train_translation(
 ) -> dict:
     """Train a scratch model (``base=None``) or fine-tune the seq2seq directory ``base`` on ``pairs``; save to ``out_dir``.
 
+    ``size`` only applies to scratch models; ``base`` must be a model with ``prepare_decoder_input_ids_from_labels``
+    (Marian, BART, T5, mBART, ...) whose tokenizer appends EOS. ``train_seconds`` covers tokenizer training, model
+    building and the training loop (not the save or the evaluation).
+
     ``batch_tokens`` bounds ``sentences * longest sequence`` per step. The learning rate warms up over the first 6 % of
     training and decays linearly to zero at ``epochs``; with ``max_minutes`` the decay also tracks elapsed time, so the
     schedule ends when the budget does (results then depend on machine speed; without a budget they depend on ``seed``
@@ -190,7 +194,9 @@ def train_translation(
     """
     if not pairs:
         raise ValueError("train_translation needs at least one pair")
+    start = time.monotonic()
     out_dir = Path(out_dir)
+    scratch = base is None
     if base is None:
         build_scratch_model(pairs, out_dir, size=size, seed=seed)
         base = out_dir
@@ -209,7 +215,6 @@ def train_translation(
     bf16 = cpu_has_bf16()
     budget = max_minutes * 60.0 if max_minutes is not None else None
     model.train()
-    start = time.monotonic()
     step, loss_sum, loss_n, order = 0, 0.0, 0, []
     while step < total_steps:
         if not order:
@@ -252,7 +257,7 @@ def train_translation(
         "epochs": round(step / len(batches), 3),
         "train_pairs": len(pairs),
         "seed": seed,
-        "params": {"base": str(base) if base != out_dir else None, "size": size, "epochs": epochs, "lr": lr,
+        "params": {"base": None if scratch else str(base), "size": size if scratch else None, "epochs": epochs, "lr": lr,
                    "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
                    "label_smoothing": 0.1, "bf16_autocast": bf16, "n_parameters": sum(p.numel() for p in model.parameters())},
         "metrics": metrics,

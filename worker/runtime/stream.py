@@ -1,0 +1,309 @@
+"""Streaming: Kafka -> validation -> stages -> one SQL transaction per batch -> Kafka commit.
+
+Delivery contract: effectively once in SQL
+-------------------------------------------
+Each batch goes through these steps, in order:
+
+1. poll up to `max_batch` records (waiting at most `max_wait_ms`) from the partitions
+   this worker owns;
+2. parse and validate them (bad records become dead letters with a reason), run
+   the stages (`apply_stages`; stage failures become dead letters too);
+3. ONE SQL transaction (`SqlResultSink.write`): documents, results, dead letters and,
+   for every partition in the batch, the next offset to read (`stream_offsets`,
+   keyed by consumer group). Rows are upserts on natural keys;
+4. commit the same offsets to Kafka. Only lag tools read them: SQL is the source of truth;
+5. when `dead_letter_topic` / `results_topic` are set: publish the batch's dead letters
+   and results, wait for every acknowledgement, then store `<group>:published`
+   offsets (a second small transaction).
+
+Every (re)assigned partition is read from the offset stored in SQL (with topics to
+publish: the lower of the processed and published offsets), else from the group's
+Kafka offset, else from `start`. Hence, for a crash (SIGKILL, power loss) at each step:
+
+- during 1-2, or during 3 before its commit: nothing of the batch is stored (the
+  database rolls the transaction back); its records are read again from the stored
+  offsets and processed once more -- no loss, and no duplicate rows (upserts);
+- after 3, before 4: SQL holds the batch and its offsets; Kafka's committed offset
+  lags until the next commit, but the next owner seeks to SQL's offset, so nothing is
+  processed twice;
+- after 4, before 5's marker: the topics may miss the batch; the next owner re-reads
+  from the published marker, re-runs the stages (the same rows are rewritten) and
+  publishes again. The topics are therefore AT LEAST ONCE; SQL is effectively once.
+
+Any stored offset N means every record before N has its rows in SQL, in every
+interleaving: a write stores only the offsets of records written in the same
+transaction, and a worker starts only from a stored offset (or Kafka's committed
+offset, which never runs ahead of SQL's). A late write by a worker that lost its
+partitions can move an offset back, which costs reprocessing, never results.
+
+Outages
+-------
+- Database: the sink retries transient errors forever with capped backoff. Meanwhile
+  the owned partitions are paused and the consumer is polled with `poll(0)` at each
+  retry, so the group keeps this member (heartbeats run on kafka-python's own thread);
+  partitions resume once the write succeeds. The batch waits in memory.
+- Broker: kafka-python reconnects by itself; errors out of `poll` are logged and the
+  loop backs off (0.5 s doubling to 10 s) and polls again. Failed Kafka commits only
+  log. Publishing retries until it succeeds.
+
+Rebalances happen only inside `poll`. Records of revoked partitions never enter a
+batch; records of newly assigned ones are dropped until the partition is seeked to its
+stored offset. A rebalance during a database outage (the keepalive `poll(0)`) leaves
+the batch in flight whole -- one transaction covering only its own records -- and its
+Kafka commit skips partitions no longer owned.
+
+SIGTERM / SIGINT: stop polling, finish the batch in flight (or, while the database is
+unreachable, abandon it before its commit), leave the group, exit 0. A second signal
+interrupts at once (exit 130); still consistent, as transactions are atomic.
+
+Replays (`--from-*/--until-*`) read outside the group and store no offsets; see
+`worker.sources.kafka_replay`. `--until-end` exits once every owned partition is caught
+up (two empty polls in a row and position >= the high watermark of the last fetch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from schemas.documents import DeadLetter, Document, StageResult
+from schemas.pipeline import KafkaSource, PipelineSpec
+from worker.runtime.local import RunSummary, apply_stages, new_run_id, unique_docs
+from worker.sinks.kafka_topics import PUBLISHED_SUFFIX, TopicPublisher
+from worker.sinks.sql import Offset, SinkBatch, SqlResultSink
+from worker.sources.kafka import KafkaDocumentSource, Polled
+from worker.sources.kafka_replay import Replay, parse_time
+from worker.stages import Stage, build_stage
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 10.0
+
+
+class Shutdown(Exception):
+    """A stop was requested while waiting on the database or the broker: abandon the batch."""
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How long to run: forever (default), until caught up, a replay range, or `limit` records."""
+
+    replay: Replay | None = None
+    until_end: bool = False
+    limit: int | None = None
+    idle_polls: int = 2
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StreamOptions:
+        """From `textworker run` flags (--from-offset/--until-offset/--from-time/--until-time/--until-end/--limit)."""
+        bounds = {
+            "from_offset": getattr(args, "from_offset", None), "until_offset": getattr(args, "until_offset", None),
+            "from_time_ms": _time_arg(getattr(args, "from_time", None)), "until_time_ms": _time_arg(getattr(args, "until_time", None)),
+        }
+        replay = Replay(**bounds) if any(v is not None for v in bounds.values()) else None
+        return cls(replay=replay, until_end=bool(getattr(args, "until_end", False)), limit=getattr(args, "limit", None))
+
+
+def _time_arg(text: str | None) -> int | None:
+    return parse_time(text) if text else None
+
+
+class StreamRunner:
+    """The loop of the module docstring, over already constructed parts."""
+
+    def __init__(self, spec: PipelineSpec, sink: SqlResultSink, source: KafkaDocumentSource, stages: list[Stage],
+                 publisher: TopicPublisher, options: StreamOptions, stop: threading.Event) -> None:
+        if not isinstance(spec.source, KafkaSource):
+            raise TypeError("StreamRunner needs a pipeline with a kafka source")
+        self.spec, self.kafka = spec, spec.source
+        self.sink, self.source, self.stages, self.publisher = sink, source, stages, publisher
+        self.options, self.stop = options, stop
+        self.summary = RunSummary(run_id=sink.run_id, pipeline=spec.name)
+        self.records = 0
+        self.batches = 0
+        self._idle = 0
+        self._backoff = 0.5
+
+    # ------------------------------------------------------------------ hooks the parts call
+
+    def start_offsets(self) -> Mapping[tuple[str, int], int]:
+        """Where each partition resumes: SQL's offset (the lower of processed and published)."""
+        stored = self.sink.load_offsets(self.kafka.group)
+        if not self.publisher.enabled:
+            return stored
+        published = self.sink.load_offsets(self.kafka.group + PUBLISHED_SUFFIX)
+        return {key: min(offset, published.get(key, offset)) for key, offset in stored.items()}
+
+    def on_db_retry(self, exc: BaseException) -> None:
+        """Called by the sink before each backoff sleep: pause, keep the membership, honour stops."""
+        if self.stop.is_set():
+            raise Shutdown("stop requested while the database is unavailable") from exc
+        self.source.pause_for_outage()
+        self.source.keepalive()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> RunSummary:
+        """Poll and process until stopped or the options' end; returns the summary."""
+        self.sink.start_run({"stages": [s.name for s in self.stages], "source": "kafka", "group": self.kafka.group})
+        started = time.perf_counter()
+        status = "failed"
+        try:
+            while not self.stop.is_set() and not self._reached_end():
+                self._step()
+            status = "stopped" if self.stop.is_set() else "finished"
+        except Shutdown as exc:
+            log.warning("batch abandoned before its commit", extra={"reason": str(exc)})
+            status = "stopped"
+        finally:
+            self.summary.seconds = time.perf_counter() - started
+            self._record_stage_stats()
+            self._finish_run(status)
+        return self.summary
+
+    def _reached_end(self) -> bool:
+        if self.options.limit is not None and self.records >= self.options.limit:
+            return True
+        if self.options.replay is not None:
+            return self.source.caught_up()
+        return self.options.until_end and self._idle >= self.options.idle_polls and self.source.caught_up()
+
+    def _step(self) -> None:
+        polled = self._poll()
+        if polled is None:
+            return
+        if not polled:
+            self._idle += 1
+            return
+        self._idle = 0
+        self._handle(polled)
+
+    def _poll(self) -> Polled | None:
+        wanted = self.kafka.max_batch
+        if self.options.limit is not None:
+            wanted = max(1, min(wanted, self.options.limit - self.records))
+        try:
+            polled = self.source.poll(wanted, self.kafka.max_wait_ms)
+        except KafkaError as exc:
+            log.warning("kafka poll failed; backing off", extra={"error": str(exc)[:300], "backoff_s": self._backoff})
+            self.stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+            return None
+        self._backoff = 0.5
+        return polled
+
+    def _handle(self, polled: Polled) -> None:
+        docs, letters = unique_docs(polled.items)
+        results, stage_letters = apply_stages(self.stages, self.spec, docs, self.summary)
+        letters += stage_letters
+        self._write(SinkBatch(documents=docs, results=results, dead_letters=letters, offsets=self._offsets(polled.next_offsets)))
+        self.source.commit(polled.next_offsets)
+        self._publish(docs, results, letters, polled.next_offsets)
+        self.records += len(polled)
+        self.batches += 1
+        self.summary.docs += len(docs)
+        self.summary.dead_letters += len(letters)
+        self.summary.reasons.update(d.reason for d in letters)
+        log.info("batch stored", extra={"records": len(polled), "docs": len(docs), "dead_letters": len(letters),
+                                        "offsets": {f"{tp.topic}/{tp.partition}": o for tp, o in polled.next_offsets.items()}})
+
+    def _offsets(self, next_offsets: Mapping[TopicPartition, int], suffix: str = "") -> list[Offset]:
+        if self.options.replay is not None:
+            return []
+        return [Offset(self.kafka.group + suffix, tp.topic, tp.partition, o) for tp, o in sorted(next_offsets.items())]
+
+    def _write(self, batch: SinkBatch) -> None:
+        try:
+            self.sink.write(batch)
+        finally:
+            self.source.resume_after_outage()
+
+    def _publish(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter],
+                 next_offsets: Mapping[TopicPartition, int]) -> None:
+        """Publish after the SQL commit, retrying until acknowledged; then store the published marker."""
+        if not self.publisher.enabled:
+            return
+        delay = 0.5
+        while True:
+            try:
+                self.publisher.publish(docs, results, letters)
+                break
+            except KafkaError as exc:
+                log.warning("publishing to kafka failed; retrying", extra={"error": str(exc)[:300], "backoff_s": delay})
+                if self.stop.wait(delay):
+                    raise Shutdown("stop requested while publishing") from exc
+                delay = min(delay * 2, MAX_BACKOFF_S)
+        self._write(SinkBatch(offsets=self._offsets(next_offsets, PUBLISHED_SUFFIX)))
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _record_stage_stats(self) -> None:
+        for stage in self.stages:
+            st = stage.stats
+            self.summary.stage_stats[stage.name] = {
+                "model_version": stage.model_version, "seconds": round(st.seconds, 3),  # type: ignore[dict-item]
+                "padding_waste": round(st.padding_waste, 4), "tokens_per_s": round(st.tokens_per_s, 1), "batches": st.batches,
+            }
+
+    def _finish_run(self, status: str) -> None:
+        try:
+            self.sink.finish_run(status, {**self.summary.as_dict(), "records": self.records, "batches": self.batches})
+        except Shutdown:
+            log.warning("run status not stored: the database is unavailable")
+
+
+def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    """First SIGTERM/SIGINT sets `stop`; a second one raises KeyboardInterrupt. Returns an undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    received: list[int] = []
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
+        log.warning("stop requested: finishing the batch in flight", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, stop: threading.Event | None = None) -> RunSummary:
+    """Build the sink, stages, source and publisher for `spec`, run the loop, release everything."""
+    if not isinstance(spec.source, KafkaSource):
+        raise TypeError("run_stream needs a pipeline with a kafka source")
+    stop = stop or threading.Event()
+    restore = install_signal_handlers(stop)
+    sink = SqlResultSink(database_url, spec.name, new_run_id(), store_text=spec.sink.store_text, retry_forever=True)
+    source = KafkaDocumentSource(spec.source, replay=options.replay)
+    publisher = TopicPublisher(spec.source, spec.name)
+    stages = [build_stage(s) for s in spec.stages]
+    runner = StreamRunner(spec, sink, source, stages, publisher, options, stop)
+    sink.on_retry, source.start_offsets = runner.on_db_retry, runner.start_offsets
+    try:
+        sink.open()
+        for stage in stages:
+            stage.load()
+        source.open(should_stop=stop.is_set)
+        return runner.run() if not stop.is_set() else runner.summary
+    except Shutdown:
+        log.warning("stopped while the database was unavailable")
+        return runner.summary
+    finally:
+        source.close()
+        publisher.close()
+        sink.close()
+        restore()

@@ -1,0 +1,392 @@
+"""Documents from Kafka: a kafka-python consumer that turns records into `SourceItem`s.
+
+Parsing (`parse_record`) never raises for bad data; every record becomes a `Document`
+or a `DeadLetter` whose reason is one of `worker.sources.validation`'s codes plus
+`null_value` (a tombstone). Every item carries its position `topic/partition/offset`
+(a document's `source_ref`; a dead letter's `ref` when it has no id, else its detail).
+
+Offsets: this module only reads and seeks; what is committed, and when, is decided by
+`worker.runtime.stream` (see its docstring). On every partition assignment the source
+pauses the new partitions and, before it hands out any of their records, seeks each to
+the offset `start_offsets()` returns (the offsets stored in SQL). A partition without a
+stored offset keeps kafka-python's own choice: the group's committed offset, then the
+`start` position (`auto_offset_reset`). The rebalance callback itself does no I/O: it runs
+on kafka-python's network thread, which must stay free to send heartbeats.
+
+Replays (`Replay`) read outside the consumer group: every partition is assigned
+manually, nothing is committed to Kafka, and reading stops per partition at the end of
+the range (see `worker.sources.kafka_replay`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from schemas.documents import DeadLetter
+from schemas.pipeline import KafkaSource
+from worker.errors import TextworkerError
+from worker.sources.base import SourceItem
+from worker.sources.kafka_replay import Replay, ReplayTracker
+from worker.sources.validation import clip_payload, to_document
+
+log = logging.getLogger(__name__)
+StartOffsets = Callable[[], Mapping[tuple[str, int], int]]
+FETCH_HEADROOM = 1024 * 1024
+
+
+def position_ref(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"
+
+
+def header_fields(headers: list[tuple[str, bytes | None]] | None, mapping: Mapping[str, str]) -> dict[str, str]:
+    """Document fields taken from record headers (`field -> header name`); the last header wins."""
+    by_name = {name: value for name, value in headers or []}
+    return {
+        doc_field: (by_name[header] or b"").decode("utf-8", errors="backslashreplace")
+        for doc_field, header in mapping.items()
+        if header in by_name
+    }
+
+
+def _dead(reason: str, detail: str, ref: str, payload: bytes | str) -> DeadLetter:
+    return DeadLetter(ref=ref, reason=reason, detail=detail, payload=clip_payload(payload))
+
+
+def _decode_json(value: bytes, ref: str) -> Any:
+    """The parsed value, or a DeadLetter (invalid_utf8, invalid_json)."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _dead("invalid_utf8", f"the value is not UTF-8 ({exc.reason} at byte {exc.start})", ref, value)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return _dead("invalid_json", f"the value is not JSON: {str(exc)[:200]}", ref, value)
+
+
+def _text_record(key: bytes | None, value: bytes, ref: str) -> dict[str, Any] | DeadLetter:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _dead("invalid_utf8", f"the value is not UTF-8 ({exc.reason} at byte {exc.start})", ref, value)
+    if key is None:
+        return {"text": text}
+    try:
+        return {"id": key.decode("utf-8"), "text": text}
+    except UnicodeDecodeError:
+        return _dead("invalid_id", "the key (the document id) is not UTF-8", ref, value)
+
+
+def parse_record(record: Any, spec: KafkaSource) -> SourceItem:
+    """One consumer record -> Document or DeadLetter; never raises for bad data.
+
+    `record` needs topic, partition, offset, key, value and headers (a kafka-python
+    `ConsumerRecord`). json: the value is an object; a missing id falls back to the key,
+    then to an id generated from the text. text: the value is the text, the key the id.
+    """
+    ref = position_ref(record.topic, record.partition, record.offset)
+    value: bytes | None = record.value
+    if value is None:
+        return _dead("null_value", "the record has no value (a tombstone)", ref, record.key or b"")
+    if len(value) > spec.max_value_bytes:
+        return _dead("too_large", f"{len(value)} bytes, over the limit of {spec.max_value_bytes}", ref, value)
+    if spec.format == "text":
+        parsed: Any = _text_record(record.key, value, ref)
+        id_field, text_field = "id", "text"
+    else:
+        parsed = _decode_json(value, ref)
+        id_field, text_field = spec.id_field, spec.text_field
+        if isinstance(parsed, dict) and id_field not in parsed and record.key is not None:
+            parsed = {**parsed, id_field: record.key.decode("utf-8", errors="surrogateescape")}
+    if isinstance(parsed, DeadLetter):
+        return parsed
+    item = to_document(parsed, ref, id_field=id_field, text_field=text_field, max_chars=spec.max_chars, payload=value)
+    if isinstance(item, DeadLetter):
+        return item if item.ref == ref else item.model_copy(update={"detail": f"{item.detail} (at {ref})"})
+    extra = header_fields(record.headers, spec.headers)
+    return item.model_copy(update={"meta": {**item.meta, **extra}}) if extra else item
+
+
+def client_config(spec: KafkaSource) -> dict[str, Any]:
+    """Settings every kafka-python client of this source shares: servers, version, security."""
+    sec = spec.security
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in spec.bootstrap_servers.split(",") if s.strip()],
+        "api_version": tuple(spec.api_version) if spec.api_version else None,
+        "security_protocol": sec.protocol,
+        "ssl_check_hostname": sec.ssl_check_hostname,
+        "ssl_cafile": sec.ssl_cafile, "ssl_certfile": sec.ssl_certfile, "ssl_keyfile": sec.ssl_keyfile,
+    }
+    if sec.sasl_mechanism:
+        config.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
+                      sasl_plain_password=_password(sec.sasl_password_env))
+    return config
+
+
+def _password(env_name: str | None) -> str | None:
+    if env_name is None:
+        return None
+    if env_name not in os.environ:
+        raise TextworkerError(f"the SASL password variable `{env_name}` is not set", hint=f"export {env_name}=...")
+    return os.environ[env_name]
+
+
+def consumer_config(spec: KafkaSource, *, grouped: bool) -> dict[str, Any]:
+    """KafkaConsumer settings: manual commits, fetch sizes that fit `max_value_bytes`."""
+    fetch = spec.max_value_bytes + FETCH_HEADROOM
+    config = {
+        **client_config(spec),
+        "group_id": spec.group if grouped else None,
+        "client_id": f"textworker-{os.getpid()}",
+        "enable_auto_commit": False,
+        "auto_offset_reset": spec.start,
+        "session_timeout_ms": spec.session_timeout_ms,
+        "heartbeat_interval_ms": max(500, spec.session_timeout_ms // 5),
+        "max_poll_interval_ms": spec.max_poll_interval_ms,
+        "max_poll_records": spec.max_batch,
+        "max_partition_fetch_bytes": max(fetch, 1024 * 1024),
+        "fetch_max_bytes": max(4 * fetch, 52428800),
+        "receive_message_max_bytes": max(8 * fetch, 100_000_000),
+    }
+    return {**config, **spec.client_options}
+
+
+@dataclass
+class Polled:
+    """One poll's worth: items in record order and the next offset of every partition in it."""
+
+    items: list[SourceItem] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Runs on kafka-python's network thread: records changes, does no I/O."""
+
+    def __init__(self, source: KafkaDocumentSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.source._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source._on_assigned(set(assigned))
+
+
+class KafkaDocumentSource:
+    """Polls records from the spec's topics and parses them; see the module docstring.
+
+    Group mode (`replay=None`): subscribes in `spec.group`. Replay mode: assigns every
+    partition of the topics and reads the range only. Not thread-safe (one runner).
+    """
+
+    def __init__(self, spec: KafkaSource, start_offsets: StartOffsets | None = None, replay: Replay | None = None) -> None:
+        self.spec = spec
+        self.start_offsets = start_offsets or (lambda: {})
+        self.replay = ReplayTracker(replay) if replay is not None else None
+        self.consumer: KafkaConsumer | None = None
+        self.rebalances = 0
+        self._lock = threading.Lock()
+        self._pending: set[TopicPartition] = set()
+        self._outage_paused: set[TopicPartition] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self, attempts: int = 12, should_stop: Callable[[], bool] = lambda: False) -> KafkaDocumentSource:
+        """Connect (retrying while no broker answers) and subscribe or assign."""
+        config = consumer_config(self.spec, grouped=self.replay is None)
+        for attempt in range(1, attempts + 1):
+            consumer = None
+            try:
+                consumer = KafkaConsumer(**config)
+                consumer.bootstrap(timeout_ms=10_000)
+                self.consumer = consumer
+                break
+            except KafkaError as exc:
+                log.warning("no Kafka broker answers yet", extra={"servers": config["bootstrap_servers"], "attempt": attempt, "error": str(exc)[:200]})
+                if consumer is not None:
+                    consumer.close(autocommit=False, timeout_ms=1000)
+                if should_stop():
+                    break
+                time.sleep(min(10.0, 0.5 * attempt))
+        if self.consumer is None:
+            raise TextworkerError(f"no Kafka broker answers at {self.spec.bootstrap_servers}", hint="check `bootstrap_servers`")
+        if self.replay is None:
+            if self.spec.topic_pattern:
+                self.consumer.subscribe(pattern=self.spec.topic_pattern, listener=_Listener(self))
+            else:
+                self.consumer.subscribe(topics=self.spec.topics, listener=_Listener(self))
+        else:
+            self.replay.start(self.consumer, self._replay_partitions())
+        return self
+
+    def close(self) -> None:
+        """Leave the group (partitions move at once) without committing; safe twice."""
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False, timeout_ms=5000)
+            except KafkaError as exc:
+                log.warning("closing the consumer failed", extra={"error": str(exc)})
+            self.consumer = None
+
+    @property
+    def _consumer(self) -> KafkaConsumer:
+        if self.consumer is None:
+            raise RuntimeError("KafkaDocumentSource.open() was not called")
+        return self.consumer
+
+    def _replay_partitions(self) -> list[TopicPartition]:
+        consumer = self._consumer
+        if self.spec.topic_pattern:
+            pattern = re.compile(self.spec.topic_pattern)
+            topics = sorted(t for t in consumer.topics() if pattern.match(t))
+        else:
+            topics = list(self.spec.topics)
+        found = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        if not found:
+            raise TextworkerError(f"no partitions found for {topics or self.spec.topic_pattern}", hint="check the topic names")
+        return found
+
+    # ------------------------------------------------------------------ rebalances
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        with self._lock:
+            self.rebalances += 1
+            self._pending |= assigned
+        if assigned:
+            self._consumer.pause(*assigned)
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        with self._lock:
+            self.rebalances += 1
+            self._pending -= revoked
+            self._outage_paused -= revoked
+        log.info("partitions revoked", extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in revoked)})
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self.consumer is not None else set()
+
+    def _settle_assignment(self) -> set[TopicPartition]:
+        """Seek newly assigned partitions to their stored offsets, then resume them."""
+        settled: set[TopicPartition] = set()
+        while True:
+            with self._lock:
+                todo = set(self._pending)
+            if not todo:
+                return settled
+            stored = self.start_offsets()
+            with self._lock:
+                todo = self._pending & self.assignment()
+                self._pending.clear()
+            seeks = {tp: stored[(tp.topic, tp.partition)] for tp in todo if (tp.topic, tp.partition) in stored}
+            for tp, offset in seeks.items():
+                self._consumer.seek(tp, offset)
+            if todo:
+                self._consumer.resume(*todo)
+            settled |= todo
+            log.info("partitions assigned", extra={
+                "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in todo),
+                "seeks": {f"{tp.topic}/{tp.partition}": o for tp, o in seeks.items()},
+            })
+
+    # ------------------------------------------------------------------ reading
+
+    def poll(self, max_records: int, timeout_ms: int) -> Polled:
+        """Up to `max_records` parsed records; records of partitions that were just (re)assigned
+        or are no longer assigned are dropped (they are read again from the right offset)."""
+        raw = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        settled = self._settle_assignment()
+        keep = self.assignment() - settled
+        polled = Polled()
+        for tp, records in raw.items():
+            if tp not in keep:
+                continue
+            if self.replay is not None:
+                records = self.replay.admit(tp, records)
+            for record in records:
+                polled.items.append(parse_record(record, self.spec))
+                polled.next_offsets[tp] = record.offset + 1
+        if self.replay is not None:
+            self.replay.check_caught_up(self._consumer, set(raw))
+        return polled
+
+    def caught_up(self) -> bool:
+        """Every assigned partition's position is at the high watermark of its last fetch.
+
+        Uses the high watermark that fetch responses carry (`consumer.highwater`), not
+        ListOffsets (Tansu answers that wrongly for multi-record batches).
+        """
+        if self.replay is not None:
+            return self.replay.done
+        assigned = self.assignment()
+        with self._lock:
+            if not assigned or self._pending:
+                return False
+        for tp in assigned:
+            highwater = self._consumer.highwater(tp)
+            if highwater is None or self._consumer.position(tp, timeout_ms=5000) < highwater:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ commits and outages
+
+    def commit(self, next_offsets: Mapping[TopicPartition, int], timeout_ms: int = 10_000) -> bool:
+        """Commit to Kafka the offsets SQL already holds (for lag tools); failures only log."""
+        if self.replay is not None:
+            return True
+        owned = {tp: OffsetAndMetadata(o, "", -1) for tp, o in next_offsets.items() if tp in self.assignment()}
+        if not owned:
+            return True
+        try:
+            self._consumer.commit(owned, timeout_ms=timeout_ms)
+            return True
+        except KafkaError as exc:
+            log.warning("kafka offset commit failed (SQL holds the offsets)", extra={"error": str(exc)[:300]})
+            return False
+
+    def pause_for_outage(self) -> None:
+        """Stop fetching while the database is away (the batch in flight waits to be written)."""
+        if self.consumer is None:
+            return
+        with self._lock:
+            fresh = self.assignment() - self._pending - self._outage_paused
+            self._outage_paused |= fresh
+        if fresh:
+            self._consumer.pause(*fresh)
+            log.warning("partitions paused while the database is unavailable", extra={"partitions": len(fresh)})
+
+    def keepalive(self) -> None:
+        """poll(0) while paused so the group sees a live member; returns nothing, loses nothing."""
+        if self.consumer is None:
+            return
+        try:
+            raw = self._consumer.poll(timeout_ms=0)
+        except KafkaError as exc:
+            log.warning("kafka poll failed during a database outage", extra={"error": str(exc)[:300]})
+            return
+        for tp, records in raw.items():
+            if records and tp in self.assignment():
+                self._consumer.seek(tp, min(r.offset for r in records))
+        self.pause_for_outage()
+
+    def resume_after_outage(self) -> None:
+        with self._lock:
+            paused, self._outage_paused = self._outage_paused & self.assignment(), set()
+        if paused:
+            self._consumer.resume(*paused)
+            log.warning("partitions resumed: the database is back", extra={"partitions": len(paused)})
