@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="SQLAlchemy URL (default: the pipeline's sink, then $TEXTWORKER_DATABASE_URL)")
     p.add_argument("--limit", type=int, help="stop after N input items")
     p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--runtime", choices=["local", "ray"], default=os.environ.get("TEXTWORKER_RUNTIME", "local"),
+                   help="local: stages in this process; ray: stage actor pools, pipelined (default $TEXTWORKER_RUNTIME or local)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS; none starts a local Ray)")
     k = p.add_argument_group("kafka sources", "without these a kafka pipeline streams until SIGTERM/SIGINT")
     k.add_argument("--until-end", action="store_true", help="exit once every owned partition is caught up")
     k.add_argument("--from-offset", type=int, help="replay: first offset of every partition (read outside the group)")
@@ -95,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--vocab-size", type=int, default=8000)
     _add_common(m)
 
+    p = sub.add_parser("bench", help="a stage's docs/s against plain transformers, Ray Data and the FLOP limit")
+    p.add_argument("pipeline")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--data", required=True, help="TSV (text/label) or JSONL with `text`")
+    p.add_argument("--limit", type=int, default=2000)
+    p.add_argument("--only", nargs="*", default=["textworker", "hf_per_doc", "hf_batched", "ray_data"],
+                   choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
+    _add_common(p)
+
     p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
     p.add_argument("--database-url", default="sqlite:///demo.db")
     p.add_argument("--models-dir", default=default_models_dir())
@@ -113,6 +125,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "eval": training_commands.cmd_eval,
         "models": commands.cmd_models,
         "demo": commands.cmd_demo,
+        "bench": commands.cmd_bench,
     }
 
 

