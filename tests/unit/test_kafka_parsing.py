@@ -16,7 +16,8 @@ from schemas.pipeline import KafkaSource, PipelineSpec
 from worker.cli import build_parser
 from worker.runtime.stream import StreamOptions, StreamRunner
 from worker.sinks.kafka_topics import dead_letter_message, result_messages
-from worker.sources.kafka import consumer_config, header_fields, parse_record
+from worker.sources.kafka import consumer_config
+from worker.sources.kafka_records import header_fields, parse_record
 from worker.sources.kafka_replay import Replay, ReplayTracker, parse_time
 from worker.sources.validation import generated_id
 

@@ -235,6 +235,15 @@ def evaluate_qa(
     }
 
 
+def _cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def training_windows(
     tokenizer: Any, examples: list[dict], *, max_length: int, stride: int, negative_fraction: float, rng: random.Random
 ) -> tuple[list[Window], int]:
@@ -271,14 +280,15 @@ def train_qa(
     warmup_ratio: float = 0.1,
     weight_decay: float = 0.01,
     negative_fraction: float = 0.1,
-    bf16: bool = True,
+    bf16: bool | None = None,
 ) -> dict:
     """Fine-tune ``base`` for extractive QA on SQuAD-layout ``examples``; save model + tokenizer (safetensors) to ``out_dir``.
 
     AdamW with linear warmup/decay over ``epochs`` (may be fractional) of length-bucketed batches; with
     ``max_minutes`` the schedule also decays by wall time and training stops at the deadline (then the run is
-    no longer bit-reproducible). ``bf16`` enables bfloat16 autocast on CPU (fp32 weights). Deterministic for a
-    given seed and thread count otherwise. Returns timings, counts, params and, with ``eval_examples``, metrics.
+    no longer bit-reproducible). ``bf16`` enables bfloat16 autocast on CPU (fp32 weights; None = when the CPU
+    has native bf16, where it is ~1.4x faster with the same loss curve). Deterministic for a given seed and
+    thread count otherwise. Returns timings, counts, params and, with ``eval_examples``, metrics.
     """
     if not examples:
         raise ValueError("no training examples")
@@ -301,7 +311,7 @@ def train_qa(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
     )
     pad_id, use_types = _input_plan(model, tokenizer)
-    autocast = bf16 and model.device.type == "cpu"
+    autocast = model.device.type == "cpu" and (_cpu_has_bf16() if bf16 is None else bf16)
     budget = max_minutes * 60.0 if max_minutes is not None else None
     log_every = max(1, min(50, total // 20))
     model.train()

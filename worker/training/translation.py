@@ -174,7 +174,7 @@ def train_translation(
     size: str = "small",
     epochs: float = 12.0,
     lr: float = 1e-3,
-    batch_tokens: int = 2048,
+    batch_tokens: int = 1024,
     max_minutes: float | None = None,
     seed: int = 0,
     eval_pairs: list[tuple[str, str]] | None = None,
