@@ -77,12 +77,13 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
 
     data = workdir / "docs.jsonl"
     data.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
-    spec = PipelineSpec(name="bench", source=FileSource(path=str(data)), stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
+    source = FileSource(path=str(data))
+    spec = PipelineSpec(name="bench", source=source, stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
     stage = build_stage(stage_spec)
     stage.load()
     sink = SqlResultSink(spec.sink.url, spec.name, new_run_id()).open()
     try:
-        summary = run_pipeline(spec, FileDocumentSource(spec.source), sink, stages=[stage], chunk_size=512, runtime=runtime)
+        summary = run_pipeline(spec, FileDocumentSource(source), sink, stages=[stage], chunk_size=512, runtime=runtime)
     finally:
         sink.close()
     return summary.docs / summary.seconds
@@ -130,7 +131,7 @@ def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: in
     ensure_ray()
     threads = max(1, (os.cpu_count() or 1) // actors)
     warm = ray.data.from_items([{"text": t} for t in texts[:8]])
-    ctx = {"fn_constructor_args": (model_dir, max_length, threads), "batch_size": 64, "num_cpus": threads, "concurrency": actors}
+    ctx: dict[str, Any] = {"fn_constructor_args": (model_dir, max_length, threads), "batch_size": 64, "num_cpus": threads, "concurrency": actors}
     warm.map_batches(_RayDataClassifier, **ctx).materialize()
     dataset = ray.data.from_items([{"text": t} for t in texts])
     return _timed(lambda: dataset.map_batches(_RayDataClassifier, **ctx).materialize(), len(texts))

@@ -100,6 +100,14 @@ def test_training_deterministic(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(ma.state_dict().values(), mb.state_dict().values()))
 
 
+def test_time_budget_stops_early(tmp_path):
+    calls: list[int] = []
+    result = train_translation(make_pairs(60), tmp_path, size="tiny", epochs=50, batch_tokens=256, max_minutes=1e-4,
+                               progress=lambda s, n, d: calls.append(s))
+    assert 1 <= result["steps"] < 50 * 32 and calls[-1] == result["steps"]
+    assert (tmp_path / "model.safetensors").exists()
+
+
 def test_unknown_size_rejected(tmp_path):
     with pytest.raises(ValueError):
         build_scratch_model(make_pairs(20), tmp_path, size="huge")

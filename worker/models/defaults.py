@@ -62,7 +62,7 @@ def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None
         from worker.training.translation import load_pairs, train_translation
 
         data = SEED_DIR / "translation.jsonl"
-        info = train_translation(load_pairs(data), out, size="tiny", epochs=30, max_minutes=3)
+        info = train_translation(load_pairs(data), out, size="tiny", epochs=30)
         task = "translate"
     else:
         from worker.models.roberta import build_roberta

@@ -14,8 +14,9 @@ import math
 import random
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from transformers import (
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 MAX_POSITIONS = 256
 MAX_TRAIN_TOKENS = 128
+MIN_BATCHES_PER_EPOCH = 32
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 128, "layers": 2, "heads": 4, "ffn": 512},
     "small": {"d_model": 256, "layers": 3, "heads": 4, "ffn": 1024},
@@ -102,7 +104,8 @@ def _scratch_model(tokenizer: PreTrainedTokenizerFast, size: str) -> MarianMTMod
     )
     model = MarianMTModel(config)
     model.generation_config = GenerationConfig(
-        **ids, forced_eos_token_id=tokenizer.eos_token_id, max_new_tokens=128, num_beams=1
+        **ids, forced_eos_token_id=tokenizer.eos_token_id, max_new_tokens=128, num_beams=1,
+        repetition_penalty=1.2, no_repeat_ngram_size=3,
     )
     return model
 
@@ -131,12 +134,14 @@ def _max_source_len(model: PreTrainedModel, tokenizer: Any) -> int:
 
 
 def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
-    """Group example indices of similar length so that ``len(batch) * longest <= batch_tokens``."""
+    """Group example indices of similar length so that ``len(batch) * longest <= batch_tokens`` and no batch holds
+    more than 1/MIN_BATCHES_PER_EPOCH of the examples (small data sets still get enough updates per epoch)."""
+    max_sentences = max(1, math.ceil(len(lengths) / MIN_BATCHES_PER_EPOCH))
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+        if current and ((len(current) + 1) * lengths[i] > batch_tokens or len(current) >= max_sentences):
             batches.append(current)
             current = []
         current.append(i)
@@ -186,7 +191,7 @@ def train_translation(
     (Marian, BART, T5, mBART, ...) whose tokenizer appends EOS. ``train_seconds`` covers tokenizer training, model
     building and the training loop (not the save or the evaluation).
 
-    ``batch_tokens`` bounds ``sentences * longest sequence`` per step. The learning rate warms up over the first 6 % of
+    ``batch_tokens`` bounds ``sentences * longest sequence`` per step; a step also takes at most 1/32 of ``pairs``. The learning rate warms up over the first 6 % of
     training and decays linearly to zero at ``epochs``; with ``max_minutes`` the decay also tracks elapsed time, so the
     schedule ends when the budget does (results then depend on machine speed; without a budget they depend on ``seed``
     only). ``progress(step, total_steps, {"loss": ...})`` is called every few steps and once at the end.
@@ -215,7 +220,8 @@ def train_translation(
     bf16 = cpu_has_bf16()
     budget = max_minutes * 60.0 if max_minutes is not None else None
     model.train()
-    step, loss_sum, loss_n, order = 0, 0.0, 0, []
+    step, loss_sum, loss_n = 0, 0.0, 0
+    order: list[int] = []
     while step < total_steps:
         if not order:
             order = list(range(len(batches)))
@@ -275,8 +281,11 @@ def translate_texts(
     batch_size: int = 32,
     forced_bos_token_id: int | None = None,
 ) -> list[str]:
-    """Translate ``texts`` (results in input order, always ``str``); inputs longer than the model's positions are
-    truncated, and ``max_new_tokens`` is capped to the model's positions too."""
+    """Translate ``texts`` (results in input order, always ``str``) in length-sorted batches.
+
+    Inputs longer than the model's positions are truncated. ``max_new_tokens`` is capped by the model's positions and
+    by ``2 * longest source in the batch + 10`` tokens; other decoding settings come from ``model.generation_config``.
+    """
     max_src = _max_source_len(model, tokenizer)
     max_new = max(1, min(max_new_tokens, getattr(model.config, "max_position_embeddings", 10**9) - 1))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -289,7 +298,8 @@ def translate_texts(
             idx = order[b:b + batch_size]
             enc = tokenizer([prefix + texts[i] for i in idx], return_tensors="pt", padding=True,
                             truncation=True, max_length=max_src)
-            out = model.generate(**enc, max_new_tokens=max_new, num_beams=num_beams, do_sample=False, **extra)
+            bound = min(max_new, 2 * int(enc["attention_mask"].sum(dim=1).max()) + 10)
+            out = cast(Any, model).generate(**enc, max_new_tokens=bound, num_beams=num_beams, do_sample=False, **extra)
             for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
                 results[i] = text.strip()
     model.train(was_training)
