@@ -127,7 +127,7 @@ def test_answer_questions_substrings_and_order(tiny_model) -> None:
     long_items = [("Where?", " ".join(CONTEXTS) * 3)]
     results = answer_questions(model, tok, items + long_items, max_length=48, stride=16, batch_size=4)
     assert len(results) == len(items) + 1
-    for (question, context), res in zip(items + long_items, results):
+    for (_question, context), res in zip(items + long_items, results):
         assert set(res) == {"answer", "start", "end", "score", "no_answer", "windows", "truncated"}
         assert not res["no_answer"] and not res["truncated"]
         assert 0 <= res["start"] < res["end"] <= len(context)

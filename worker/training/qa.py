@@ -14,8 +14,9 @@ import random
 import re
 import string
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +186,7 @@ def answer_questions(
         null[w.item] = min(null.get(w.item, math.inf), float(start[w.cls_index] + end[w.cls_index]))
         span = best_span(w, start, end, max_answer_length)
         if span is not None and (w.item not in best or span[0] > best[w.item][0]):
-            best[w.item] = (span[0], w.offsets[span[1]][0], w.offsets[span[2]][1], span[3])
+            best[w.item] = (span[0], w.offsets[span[1]][0], w.offsets[span[2]][1], span[3])  # type: ignore[index]
     results = []
     for i, context in enumerate(contexts):
         res = {"answer": "", "start": -1, "end": -1, "score": 0.0, "no_answer": True, "windows": count[i], "truncated": truncated[i]}
@@ -316,7 +317,8 @@ def train_qa(
     log_every = max(1, min(50, total // 20))
     model.train()
     start_time = time.monotonic()
-    step, running, batches = 0, 0.0, []
+    step, running = 0, 0.0
+    batches: list[Any] = []
     while step < total:
         if not batches:
             batches = bucket_batches(lengths, batch_size, rng)

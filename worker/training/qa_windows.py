@@ -8,8 +8,9 @@ context, so they are valid for the original string too.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,7 +176,7 @@ def label_window(window: Window, context: str, golds: Sequence[tuple[str, int]])
             misaligned = True
             continue
         s, e = starts[0], ends[-1]
-        if e < s or not _aligned(context, window.offsets[s][0], window.offsets[e][1], start_char, end_char):
+        if e < s or not _aligned(context, window.offsets[s][0], window.offsets[e][1], start_char, end_char):  # type: ignore[index]
             misaligned = True
             continue
         window.start_position, window.end_position = s, e
