@@ -27,6 +27,7 @@ from schemas.pipeline import PipelineSpec
 from worker.runtime.conditions import holds
 
 log = logging.getLogger(__name__)
+ACTOR_START_TIMEOUT_S = 600
 Outcome = StageResult | DeadLetter
 
 
@@ -104,7 +105,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 class RayStagePool:
     """`replicas` actors for one stage; calls go to the least-busy actor."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, cpu_scale: float = 1.0) -> None:
         import ray
 
         self.spec = spec
@@ -113,11 +114,17 @@ class RayStagePool:
             log.warning("stage asks for GPUs but the cluster has none: running on CPU", extra={"stage": spec.name})
             gpus = 0
         self.device = "cuda" if gpus else "cpu"
-        self.options = {"num_cpus": spec.resources.cpus, "num_gpus": gpus, "max_restarts": 1}
+        self.options = {"num_cpus": round(spec.resources.cpus * cpu_scale, 4), "num_gpus": gpus, "max_restarts": 1}
         self.remote_cls = ray.remote(StageActor)
         self.actors = [self._new_actor() for _ in range(spec.resources.replicas)]
         self.busy = [0] * len(self.actors)
-        self.model_version = ray.get(self.actors[0].model_version.remote())
+        try:
+            self.model_version = ray.get(self.actors[0].model_version.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise RuntimeError(
+                f"stage `{spec.name}`: its actor did not start within {ACTOR_START_TIMEOUT_S}s "
+                f"(asks for {self.options}; the cluster has {ray.available_resources()})"
+            ) from exc
 
     def _new_actor(self) -> Any:
         return self.remote_cls.options(**self.options).remote(self.spec, self.device)
@@ -141,8 +148,16 @@ class RayPipeline:
     """Drives chunks through the stage pools; see the module docstring for the contract."""
 
     def __init__(self, spec: PipelineSpec, *, max_inflight: int | None = None) -> None:
+        import ray
+
         self.spec = spec
-        self.pools = [RayStagePool(s) for s in spec.stages]
+        wanted = sum(s.resources.cpus * s.resources.replicas for s in spec.stages)
+        have = float(ray.cluster_resources().get("CPU", 0)) or wanted
+        scale = min(1.0, have / wanted) if wanted else 1.0
+        if scale < 1.0:
+            log.warning("stages ask for more CPUs than the cluster has: scaling every request down",
+                        extra={"wanted_cpus": wanted, "cluster_cpus": have, "scale": round(scale, 3)})
+        self.pools = [RayStagePool(s, scale) for s in spec.stages]
         replicas = sum(s.resources.replicas for s in spec.stages)
         self.max_inflight = max_inflight or replicas + 2
         self.totals = {s.name: StageTotals(model_version=p.model_version) for s, p in zip(spec.stages, self.pools, strict=True)}
