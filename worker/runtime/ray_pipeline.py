@@ -17,6 +17,7 @@ stage and the run goes on.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ class RayStagePool:
             log.warning("stage asks for GPUs but the cluster has none: running on CPU", extra={"stage": spec.name})
             gpus = 0
         self.device = "cuda" if gpus else "cpu"
-        self.options = {"num_cpus": round(spec.resources.cpus * cpu_scale, 4), "num_gpus": gpus, "max_restarts": 1}
+        cpus = math.floor(spec.resources.cpus * cpu_scale * 1e4) / 1e4  # Ray counts in 1e-4 units; never round up
+        self.options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": 1}
         self.remote_cls = ray.remote(StageActor)
         self.actors = [self._new_actor() for _ in range(spec.resources.replicas)]
         self.busy = [0] * len(self.actors)
