@@ -21,6 +21,6 @@ run() {  # stage train-file eval-file out-dir extra-train-args...
 
 run spam sms_spam/train.tsv sms_spam/test.tsv models/spam/v1-shared --epochs 2 --max-length 128
 run sentiment sst2/train.tsv sst2/dev.tsv models/sentiment/v1-shared --epochs 1 --max-length 64
-run topic ag_news/train.tsv ag_news/test.tsv models/topic/v1-shared --epochs 1.5 --max-length 128
+run topic ag_news/train.tsv ag_news/test.tsv models/topic/v1-shared --epochs 1 --max-length 128
 run qa qa/train.jsonl qa/eval.jsonl models/qa/v1-shared --epochs 2 --lr 1e-4 --batch-size 16 --max-length 384
 run translate translation_en_de/train.jsonl translation_en_de/test.jsonl models/translate-multi30k/v1 --base scratch --size small
