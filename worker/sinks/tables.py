@@ -87,3 +87,90 @@ stream_offsets = sa.Table(
     sa.Column("next_offset", sa.BigInteger(), nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
 )
+
+# --- model lifecycle (feedback, registry, review queue) ---------------------------------
+# `feedback` holds one row per label a person (or a system) gave: a class label for
+# classify/spam stages, an answer for QA, a reference translation for translate. `text`
+# (and `question` for QA) is copied in so a row can train a model even when the document
+# never went through the pipeline. `fingerprint` (sha256 of the row's content) makes
+# re-importing the same file a no-op.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(64), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("doc_id", sa.String(512), nullable=True),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("question", sa.Text(), nullable=True),
+    sa.Column("label", sa.String(256), nullable=True),
+    sa.Column("answer", sa.Text(), nullable=True),
+    sa.Column("reference", sa.Text(), nullable=True),
+    sa.Column("source", sa.String(32), nullable=False),  # import | api | kafka | review
+    sa.Column("who", sa.String(256), nullable=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_feedback_pipeline_stage_created", "pipeline", "stage", "created_at"),
+)
+
+# `model_registry`: one row per model version. `name` is the model family (a stage's
+# model directory name), `status` candidate | champion | retired; at most one champion
+# per name. `reason` says why the last status change happened.
+model_registry = sa.Table(
+    "model_registry",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(128), nullable=False),
+    sa.Column("pipeline", sa.String(64), nullable=True),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("task", sa.String(16), nullable=False),  # classify | spam | qa | translate
+    sa.Column("base_model", sa.String(1024), nullable=True),
+    sa.Column("parent_version", sa.String(128), nullable=True),
+    sa.Column("artifact_path", sa.String(1024), nullable=False),
+    sa.Column("data_fingerprint", sa.String(64), nullable=True),
+    sa.Column("train_config", JSONType, nullable=False),  # seeds, epochs, rows, split sizes
+    sa.Column("metrics", JSONType, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("name", "version", name="uq_model_registry_name_version"),
+    sa.Index("ix_model_registry_name_status", "name", "status"),
+)
+
+# `model_events`: the promotion history — every register, promote, reject, rollback and
+# retire, with its reason and the metrics it was decided on.
+model_events = sa.Table(
+    "model_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # register | promote | reject | rollback | retire
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("details", JSONType, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_model_events_name_created", "name", "created_at"),
+)
+
+# `review_queue`: low-confidence predictions routed to people, within a budget.
+review_queue = sa.Table(
+    "review_queue",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(64), nullable=False),
+    sa.Column("stage", sa.String(64), nullable=False),
+    sa.Column("doc_id", sa.String(512), nullable=False),
+    sa.Column("text", sa.Text(), nullable=False),
+    sa.Column("predicted", sa.String(256), nullable=True),
+    sa.Column("score", sa.Float(), nullable=True),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | labelled | skipped
+    sa.Column("label", sa.String(256), nullable=True),
+    sa.Column("who", sa.String(256), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("labelled_at", Timestamp, nullable=True),
+    sa.UniqueConstraint("pipeline", "stage", "doc_id", name="uq_review_queue_pipeline_stage_doc"),
+    sa.Index("ix_review_queue_status", "pipeline", "stage", "status"),
+)
