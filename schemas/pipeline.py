@@ -186,6 +186,75 @@ class Resources(StrictModel):
     threads: int | None = Field(default=None, ge=1, description="torch threads per actor")
 
 
+FINETUNE_METRICS = {
+    "classify": ("macro_f1", "accuracy", "f1:<label>"),
+    "spam": ("macro_f1", "accuracy", "f1:<label>"),
+    "qa": ("f1", "exact_match"),
+    "translate": ("bleu", "chrf"),
+}
+
+
+class FinetuneGate(StrictModel):
+    """When a fine-tuned candidate replaces the champion (see `worker.lifecycle.gate`).
+
+    Both are scored on the same data: the frozen `eval_data` set plus the held-out
+    slice of the new feedback. The candidate is promoted only if `metric` improves by
+    at least `margin` and no label's recall drops by more than `max_recall_drop`.
+    """
+
+    metric: str | None = Field(
+        default=None, pattern=r"^(macro_f1|accuracy|f1|exact_match|bleu|chrf|f1:.+)$",
+        description="macro_f1 | accuracy | f1:<label> (classify/spam), f1 | exact_match (qa), bleu | chrf (translate); "
+        "default: f1 of the spam label for spam, macro_f1, f1 (qa), bleu.",
+    )
+    margin: float | None = Field(
+        default=None, ge=0, description="Least improvement, in the metric's units (default 0.01 on 0..1 metrics, 1.0 on 0..100 ones)."
+    )
+    max_recall_drop: float = Field(default=0.05, ge=0, le=1, description="Largest allowed drop of any label's recall.")
+
+
+class FinetuneSchedule(StrictModel):
+    """When `textworker schedule` fine-tunes: at each `cron` tick, once `min_new_labels` arrived, or both."""
+
+    cron: str | None = None
+    min_new_labels: int | None = Field(default=None, ge=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"`{value}` is not a cron expression (e.g. `0 3 * * *`: every day at 03:00 UTC)")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_wait_for(self) -> FinetuneSchedule:
+        if self.cron is None and self.min_new_labels is None:
+            raise ValueError("a schedule needs `cron`, `min_new_labels`, or both")
+        return self
+
+
+class FinetuneSpec(StrictModel):
+    """A stage's fine-tuning from labelled feedback (`textworker finetune`, `textworker schedule`)."""
+
+    eval_data: str | None = Field(default=None, description="Frozen evaluation set (same format as `train --data`).")
+    base_data: str | None = Field(default=None, description="Original training data mixed in against forgetting.")
+    base_mix: float = Field(default=1.0, ge=0, le=100, description="Base rows per feedback training row.")
+    epochs: float = Field(default=2.0, gt=0, le=100)
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    max_length: int | None = Field(default=None, ge=8, le=8192, description="Training sequence length (default: the trainer's).")
+    max_minutes: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    holdout: float = Field(default=0.2, gt=0, lt=1, description="Share of feedback held out for the gate (by row hash).")
+    min_rows: int = Field(default=10, ge=1, description="Fewest feedback training rows worth a fine-tune.")
+    gate: FinetuneGate = Field(default_factory=FinetuneGate)
+    schedule: FinetuneSchedule | None = None
+
+
 class StageBase(StrictModel):
     name: str = Field(pattern=STAGE_NAME_PATTERN)
     model: str = Field(min_length=1, description="Local model directory or hub id.")
@@ -196,6 +265,20 @@ class StageBase(StrictModel):
     max_length: int = Field(default=256, ge=8, le=8192)
     retries: int = Field(default=1, ge=0, le=10)
     resources: Resources = Field(default_factory=Resources)
+    finetune: FinetuneSpec | None = Field(default=None, description="Fine-tuning from labelled feedback.")
+
+    @model_validator(mode="after")
+    def _finetune_metric_fits(self) -> StageBase:
+        metric = self.finetune.gate.metric if self.finetune is not None else None
+        kind = getattr(self, "type", "")
+        allowed = FINETUNE_METRICS.get(kind, ())
+        if metric is not None and allowed and metric not in allowed and not (metric.startswith("f1:") and "f1:<label>" in allowed):
+            raise ValueError(f"`finetune.gate.metric: {metric}` does not fit a {kind} stage (use one of: {', '.join(allowed)})")
+        labels: list[str] = [getattr(self, "ham_label", ""), getattr(self, "spam_label", "")] if kind == "spam" \
+            else list(getattr(self, "labels", None) or [])
+        if metric is not None and metric.startswith("f1:") and labels and metric[3:] not in labels:
+            raise ValueError(f"`finetune.gate.metric: {metric}` names a label the stage does not have (labels: {', '.join(labels)})")
+        return self
 
 
 class ClassifyStage(StageBase):
@@ -273,6 +356,18 @@ class SqlSink(StrictModel):
     batch_size: int = Field(default=256, gt=0)
 
 
+class FeedbackTopic(StrictModel):
+    """A Kafka topic of labelled feedback (JSON objects, one row each, with a `stage` field)
+    that `textworker schedule` drains into the `feedback` table before it fine-tunes."""
+
+    topic: str = Field(min_length=1)
+    bootstrap_servers: str | None = Field(default=None, description="Default: the kafka source's.")
+    group: str | None = Field(default=None, description="Consumer group (default: `<pipeline>-feedback`).")
+    start: Literal["earliest", "latest"] = "earliest"
+    idle_ms: int = Field(default=1500, ge=100, description="A drain ends after this long without new records.")
+    api_version: tuple[int, int, int] | None = (2, 5, 0)
+
+
 class PipelineSpec(StrictModel):
     """A whole pipeline file."""
 
@@ -282,6 +377,7 @@ class PipelineSpec(StrictModel):
     source: SourceSpec
     stages: list[StageSpec] = Field(min_length=1)
     sink: SqlSink = Field(default_factory=SqlSink)
+    feedback: FeedbackTopic | None = Field(default=None, description="Kafka topic of labelled feedback.")
 
     @model_validator(mode="after")
     def _stage_references(self) -> PipelineSpec:
@@ -297,6 +393,12 @@ class PipelineSpec(StrictModel):
                         "which is not an earlier stage"
                     )
             seen.add(stage.name)
+        return self
+
+    @model_validator(mode="after")
+    def _feedback_servers(self) -> PipelineSpec:
+        if self.feedback is not None and not self.feedback.bootstrap_servers and not isinstance(self.source, KafkaSource):
+            raise ValueError("`feedback.bootstrap_servers` is needed when the source is not kafka")
         return self
 
     def stage(self, name: str) -> ClassifyStage | SpamStage | QaStage | TranslateStage:

@@ -1,0 +1,331 @@
+"""Labelled feedback: validate rows for a stage and store them in the `feedback` table.
+
+A row is what a person (or a system) says the right output is: a class label for
+classify/spam stages, an answer found in the context for QA, a reference translation
+for translate. Rows come from files (`textworker feedback import`), the HTTP API
+(`worker.lifecycle.api`) and a Kafka topic (`worker.lifecycle.feedback_topic`); all
+three go through `validate_row` and `store_rows`.
+
+Contract: a bad row is data, never an exception — it becomes a `Rejected` with its
+line (or position), a reason code and a detail, and the good rows are kept. Each
+stored row has a `fingerprint` (sha256 over pipeline, stage and the labelled content,
+not who sent it or how), unique in the table: storing the same row again, from any
+source, adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
+from worker.errors import DataFileError
+from worker.models import loading
+from worker.sinks import tables
+
+csv.field_size_limit(sys.maxsize)
+StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+_fb = tables.feedback
+CHUNK = 500
+FIELD_NAMES = ("text", "label", "context", "question", "answer", "answers", "source", "reference", "id", "doc_id", "who")
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """One validated row, ready to store."""
+
+    stage: str
+    text: str
+    label: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    reference: str | None = None
+    doc_id: str | None = None
+    who: str | None = None
+
+    def fingerprint(self, pipeline: str) -> str:
+        content = [pipeline, self.stage, self.text, self.question, self.label, self.answer, self.reference]
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A row that was not stored: where it was (file line or list position), a reason code, what to fix."""
+
+    line: int | None
+    reason: str
+    detail: str
+
+    def render(self) -> str:
+        where = f"line {self.line}: " if self.line is not None else ""
+        return f"{where}{self.reason}: {self.detail}"
+
+
+@dataclass
+class ImportReport:
+    """Counts of one import: rows read, newly stored, already stored, and every rejected row."""
+
+    received: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def valid(self) -> int:
+        return self.inserted + self.duplicates
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"received": self.received, "inserted": self.inserted, "duplicates": self.duplicates,
+                "rejected": [asdict(r) for r in self.rejected]}
+
+
+class RowProblem(Exception):
+    """Raised inside validation; becomes a `Rejected`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def stage_labels(stage: StageSpec) -> list[str] | None:
+    """The labels a classify/spam row may carry: the configured ones, else the model's id2label."""
+    if isinstance(stage, SpamStage):
+        return [stage.ham_label, stage.spam_label]
+    if not isinstance(stage, ClassifyStage):
+        return None
+    if stage.labels:
+        return list(stage.labels)
+    try:
+        location = Path(loading.resolve(stage.model).location)
+        config = json.loads((location / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, loading.ModelNotFoundError):
+        return None
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] or None
+
+
+def _text(raw: dict[str, Any], *keys: str, what: str, empty_reason: str = "empty_text") -> str:
+    key = next((k for k in keys if k in raw and raw[k] is not None), None)
+    if key is None:
+        raise RowProblem("missing_field", f"no `{keys[0]}` field" + (f" (or {', '.join(keys[1:])})" if keys[1:] else ""))
+    value = raw[key]
+    if not isinstance(value, str):
+        raise RowProblem("wrong_type", f"`{key}` must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise RowProblem(empty_reason, f"the {what} is empty")
+    return value
+
+
+def _answer(raw: dict[str, Any]) -> str:
+    """`answer` as a string, or SQuAD's `answers: {"text": [...]}` (its first answer)."""
+    if "answer" not in raw and isinstance(raw.get("answers"), dict):
+        texts = raw["answers"].get("text") or []
+        if not texts:
+            raise RowProblem("empty_answer", "`answers.text` is empty (unanswerable questions cannot train the model)")
+        raw = {"answer": texts[0]}
+    return _text(raw, "answer", what="answer", empty_reason="empty_answer")
+
+
+def validate_row(stage: StageSpec, raw: Any, labels: Sequence[str] | None) -> FeedbackRow:
+    """A stored-to-be row for `stage`, or RowProblem naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise RowProblem("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+    doc_id = raw.get("doc_id", raw.get("id"))
+    ident = str(doc_id) if doc_id is not None else None
+    who = str(raw["who"]) if raw.get("who") is not None else None
+    if isinstance(stage, ClassifyStage | SpamStage):
+        text = _text(raw, "text", what="text")
+        label = raw.get("label")
+        if label is None:
+            raise RowProblem("missing_field", "no `label` field")
+        label = str(label).strip()
+        if labels and label not in labels:
+            raise RowProblem("unknown_label", f"label `{label}` is not one of the stage's labels: {', '.join(labels)}")
+        return FeedbackRow(stage=stage.name, text=text, label=label, doc_id=ident, who=who)
+    if isinstance(stage, QaStage):
+        context = _text(raw, "context", "text", what="context")
+        question = _text(raw, "question", what="question", empty_reason="empty_question")
+        answer = _answer(raw)
+        if answer not in context:
+            raise RowProblem("answer_not_in_context", f"the answer `{answer[:80]}` does not occur in the context")
+        return FeedbackRow(stage=stage.name, text=context, question=question, answer=answer, doc_id=ident, who=who)
+    source = _text(raw, stage.source_lang, "source", "text", what="source text")
+    reference = _text(raw, stage.target_lang, "reference", what="reference translation", empty_reason="empty_reference")
+    return FeedbackRow(stage=stage.name, text=source, reference=reference, doc_id=ident, who=who)
+
+
+def validate_rows(stage: StageSpec, raws: Iterable[tuple[int | None, Any]], labels: Sequence[str] | None = None,
+                  ) -> tuple[list[FeedbackRow], list[Rejected]]:
+    """Split (position, raw) pairs into valid rows and rejections."""
+    labels = labels if labels is not None else stage_labels(stage)
+    good: list[FeedbackRow] = []
+    bad: list[Rejected] = []
+    for line, raw in raws:
+        if isinstance(raw, RowProblem):
+            bad.append(Rejected(line, raw.reason, raw.detail))
+            continue
+        try:
+            good.append(validate_row(stage, raw, labels))
+        except RowProblem as problem:
+            bad.append(Rejected(line, problem.reason, problem.detail))
+    return good, bad
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_file(path: str | Path, stage: StageSpec) -> Iterator[tuple[int, Any]]:
+    """(line number, raw row) for each row of a CSV/TSV/JSONL file; unparsable lines yield a RowProblem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"feedback file `{path}` does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"cannot read feedback file `{path}`: {exc}", hint="feedback files are UTF-8 CSV, TSV or JSONL") from exc
+    if path.suffix.lower() in (".tsv", ".csv"):
+        yield from _read_table(text, path, stage)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, RowProblem("invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _read_table(text: str, path: Path, stage: StageSpec) -> Iterator[tuple[int, Any]]:
+    """Rows of a CSV/TSV: by header names when the first row names fields, else text/label in either order."""
+    tsv = path.suffix.lower() == ".tsv"
+    handle = io.StringIO(text, newline="")
+    reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(handle)
+    rows = [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
+    if not rows:
+        return
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    names = set(FIELD_NAMES)
+    if isinstance(stage, TranslateStage):
+        names |= {stage.source_lang, stage.target_lang}
+    if names & set(header):
+        for number, row in rows[1:]:
+            yield number, (dict(zip(header, row)) if len(row) == len(header)
+                           else RowProblem("wrong_columns", f"expected {len(header)} columns, found {len(row)}"))
+        return
+    if not isinstance(stage, ClassifyStage | SpamStage):
+        raise DataFileError(f"{path}: a {stage.type} feedback table needs a header row naming its fields",
+                            hint="e.g. context, question, answer (qa) or en, de (translate); or use JSONL")
+    yield from _text_label_rows(rows, stage)
+
+
+def _text_label_rows(rows: list[tuple[int, list[str]]], stage: StageSpec) -> Iterator[tuple[int, Any]]:
+    from worker.training.data import _label_column
+
+    pairs = [row for _, row in rows if len(row) == 2]
+    col = _label_column(pairs[:2000], stage_labels(stage)) if pairs else 1
+    for number, row in rows:
+        if len(row) != 2:
+            yield number, RowProblem("wrong_columns", f"expected 2 columns (text and label), found {len(row)}")
+        else:
+            yield number, {"text": row[1 - col], "label": row[col]}
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def store_rows(engine: Engine, pipeline: str, rows: Sequence[FeedbackRow], *, source: str, who: str | None = None) -> tuple[int, int]:
+    """Insert rows not stored yet; returns (inserted, duplicates). Safe to repeat and to run concurrently."""
+    now = datetime.now(UTC)
+    unique: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row.fingerprint(pipeline), {
+            "pipeline": pipeline, "stage": row.stage, "doc_id": row.doc_id, "text": row.text, "question": row.question,
+            "label": row.label, "answer": row.answer, "reference": row.reference, "source": source,
+            "who": row.who or who, "fingerprint": row.fingerprint(pipeline), "created_at": now,
+        })
+    inserted = 0
+    keys = list(unique)
+    with engine.begin() as conn:
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start:start + CHUNK]
+            known = set(conn.execute(sa.select(_fb.c.fingerprint).where(_fb.c.fingerprint.in_(chunk))).scalars())
+            new = [unique[k] for k in chunk if k not in known]
+            if new:
+                conn.execute(_insert_ignoring_duplicates(conn.dialect.name), new)
+                inserted += len(new)
+    return inserted, len(rows) - inserted
+
+
+def _insert_ignoring_duplicates(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(_fb).on_conflict_do_nothing(index_elements=["fingerprint"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(_fb).on_conflict_do_nothing(index_elements=["fingerprint"])
+    return _fb.insert().prefix_with("IGNORE")
+
+
+def import_rows(engine: Engine, pipeline: str, stage: StageSpec, raws: Iterable[tuple[int | None, Any]], *,
+                source: str, who: str | None = None) -> ImportReport:
+    """Validate and store; the report lists every rejected row."""
+    raws = list(raws)
+    good, bad = validate_rows(stage, raws)
+    inserted, duplicates = store_rows(engine, pipeline, good, source=source, who=who) if good else (0, 0)
+    return ImportReport(received=len(raws), inserted=inserted, duplicates=duplicates, rejected=bad)
+
+
+def import_file(engine: Engine, pipeline: str, stage: StageSpec, path: str | Path, *, source: str = "import",
+                who: str | None = None) -> ImportReport:
+    return import_rows(engine, pipeline, stage, read_file(path, stage), source=source, who=who)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+@dataclass(frozen=True)
+class StoredFeedback:
+    fingerprint: str
+    text: str
+    label: str | None
+    question: str | None
+    answer: str | None
+    reference: str | None
+    created_at: datetime
+
+
+def load_feedback(engine: Engine, pipeline: str, stage: str) -> list[StoredFeedback]:
+    """Every feedback row of a stage, oldest first; a later row for the same input supersedes earlier ones."""
+    query = sa.select(_fb.c.fingerprint, _fb.c.text, _fb.c.label, _fb.c.question, _fb.c.answer, _fb.c.reference,
+                      _fb.c.created_at).where(_fb.c.pipeline == pipeline, _fb.c.stage == stage).order_by(_fb.c.id)
+    with engine.connect() as conn:
+        rows = [StoredFeedback(**dict(r._mapping)) for r in conn.execute(query)]
+    latest: dict[tuple[str, str | None], StoredFeedback] = {}
+    for row in rows:
+        latest.pop((row.text, row.question), None)
+        latest[(row.text, row.question)] = row
+    return list(latest.values())
+
+
+def count_since(engine: Engine, pipeline: str, stage: str, since: datetime | None) -> int:
+    query = sa.select(sa.func.count()).select_from(_fb).where(_fb.c.pipeline == pipeline, _fb.c.stage == stage)
+    if since is not None:
+        query = query.where(_fb.c.created_at > since)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())

@@ -1,0 +1,98 @@
+"""The evaluation gate: does a fine-tuned candidate replace the champion?
+
+Pure functions over the metric dictionaries that `worker.training` evaluation returns
+(`classification_metrics`, `evaluate_qa`, `evaluate_translation`). Both models must
+have been scored on the same rows. The rules:
+
+1. the primary metric (macro-F1; for spam stages the F1 of the spam label; QA F1;
+   translation BLEU; or what `finetune.gate.metric` names) improves by at least
+   `margin`, in the metric's own units (0..1 for classification, 0..100 for QA and BLEU);
+2. no label's recall drops by more than `max_recall_drop` (classification only).
+
+A candidate that fails either rule stays a candidate; the reason names the rule, the
+label and the figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+HUNDRED_SCALE = ("f1", "exact_match", "bleu", "chrf")
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class GateRules:
+    metric: str
+    margin: float
+    max_recall_drop: float
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    metric: str
+    candidate: float | None
+    champion: float | None
+    delta: float | None
+    recall_drops: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_metric(stage_type: str, spam_label: str = "spam") -> str:
+    return {"spam": f"f1:{spam_label}", "classify": "macro_f1", "qa": "f1", "translate": "bleu"}[stage_type]
+
+
+def rules_for(stage: Any) -> GateRules:
+    """The stage's gate settings (`finetune.gate`) with the per-type defaults filled in."""
+    gate = stage.finetune.gate if getattr(stage, "finetune", None) is not None else None
+    metric = (gate.metric if gate is not None else None) or default_metric(stage.type, getattr(stage, "spam_label", "spam"))
+    margin = gate.margin if gate is not None and gate.margin is not None else (1.0 if metric in HUNDRED_SCALE else 0.01)
+    return GateRules(metric=metric, margin=margin, max_recall_drop=gate.max_recall_drop if gate is not None else 0.05)
+
+
+def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
+    """`f1:<label>` reads the label's F1 from `per_label`; any other name is a top-level key."""
+    if metric.startswith("f1:"):
+        scores = (metrics.get("per_label") or {}).get(metric[3:])
+        return float(scores["f1"]) if scores is not None else None
+    value = metrics.get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def recall_drops(candidate: dict[str, Any], champion: dict[str, Any]) -> dict[str, float]:
+    """Per label: champion recall minus candidate recall (positive = the candidate finds fewer)."""
+    cand = candidate.get("per_label") or {}
+    champ = champion.get("per_label") or {}
+    return {label: round(float(champ[label]["recall"]) - float(cand[label]["recall"]), 6)
+            for label in champ if label in cand and champ[label].get("support", 1)}
+
+
+def decide(candidate: dict[str, Any], champion: dict[str, Any], rules: GateRules) -> GateDecision:
+    """Apply the gate's two rules; the reason says which rule failed, by how much."""
+    cand, champ = metric_value(candidate, rules.metric), metric_value(champion, rules.metric)
+    if cand is None or champ is None:
+        missing = "candidate" if cand is None else "champion"
+        return GateDecision(False, f"the {missing}'s metrics have no `{rules.metric}`", rules.metric, cand, champ, None)
+    delta = round(cand - champ, 6)
+    drops = recall_drops(candidate, champion)
+    problems: list[str] = []
+    if delta + EPSILON < rules.margin:
+        verb = "improved by only" if delta > 0 else "changed by"
+        problems.append(f"{rules.metric} {verb} {delta:+.4f} ({champ:.4f} -> {cand:.4f}), less than the margin {rules.margin:g}")
+    for label, drop in sorted(drops.items(), key=lambda item: -item[1]):
+        if drop > rules.max_recall_drop + EPSILON:
+            before = float(champion["per_label"][label]["recall"])
+            problems.append(f"recall of `{label}` drops by {drop:.4f} ({before:.4f} -> {before - drop:.4f}), "
+                            f"more than the allowed {rules.max_recall_drop:g}")
+    if problems:
+        return GateDecision(False, "; ".join(problems), rules.metric, cand, champ, delta, drops)
+    worst = max(drops.values(), default=0.0)
+    reason = f"{rules.metric} {champ:.4f} -> {cand:.4f} ({delta:+.4f}, margin {rules.margin:g})"
+    if drops:
+        reason += f"; largest recall drop {max(worst, 0.0):.4f} (allowed {rules.max_recall_drop:g})"
+    return GateDecision(True, reason, rules.metric, cand, champ, delta, drops)
