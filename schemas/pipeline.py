@@ -265,6 +265,11 @@ class StageBase(StrictModel):
     max_length: int = Field(default=256, ge=8, le=8192)
     retries: int = Field(default=1, ge=0, le=10)
     resources: Resources = Field(default_factory=Resources)
+    swap_check_seconds: float | None = Field(
+        default=5.0, ge=0,
+        description="When `model` is a model family: how often (at batch boundaries) to look for a newly promoted "
+        "champion and switch to it; null turns hot swap off.",
+    )
     finetune: FinetuneSpec | None = Field(default=None, description="Fine-tuning from labelled feedback.")
 
     @model_validator(mode="after")

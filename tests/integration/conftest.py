@@ -71,3 +71,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance (2 CPUs) shared by every test that needs it."""
+    import ray
+
+    from worker.runtime.ray_pipeline import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield
+    ray.shutdown()

@@ -20,17 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "worker" / "seed" / "sample_docs.jsonl"
 
 
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    from worker.runtime.ray_pipeline import ensure_ray
-
-    ensure_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def _results(url: str) -> dict[tuple[str, str], str]:
     import sqlalchemy as sa
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.models.swap import follow_champions
 from worker.runtime.conditions import holds
 from worker.sinks.sql import SinkBatch, SqlResultSink
 from worker.sources.base import SourceItem
@@ -133,9 +134,10 @@ def run_pipeline(
 
     try:
         if runtime == "ray":
-            _run_on_ray(spec, items, chunk_size, summary, store, ray_address)
+            _run_on_ray(spec, items, chunk_size, summary, store, ray_address, sink.url)
         else:
             stages = stages if stages is not None else [build_stage(s) for s in spec.stages]
+            follow_champions(stages, sink.url)
             _run_local(spec, stages, items, chunk_size, summary, store)
         status = "finished"
     finally:
@@ -165,11 +167,12 @@ def _run_local(spec: PipelineSpec, stages: list[Stage], items: Iterable[SourceIt
             }
 
 
-def _run_on_ray(spec: PipelineSpec, items: Iterable[SourceItem], chunk_size: int, summary: RunSummary, store: Store, address: str | None) -> None:
+def _run_on_ray(spec: PipelineSpec, items: Iterable[SourceItem], chunk_size: int, summary: RunSummary, store: Store,
+                address: str | None, database_url: str | None = None) -> None:
     from worker.runtime.ray_pipeline import ChunkState, RayPipeline, ensure_ray
 
     ensure_ray(address)
-    pipeline = RayPipeline(spec)
+    pipeline = RayPipeline(spec, database_url=database_url)
 
     def chunks() -> Iterator[tuple[list[Document], list[DeadLetter], int]]:
         for chunk in chunked(items, chunk_size):

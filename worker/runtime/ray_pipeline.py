@@ -35,10 +35,11 @@ Outcome = StageResult | DeadLetter
 class StageActor:
     """Holds one stage and its loaded model inside a Ray worker process."""
 
-    def __init__(self, spec: Any, device: str) -> None:
+    def __init__(self, spec: Any, device: str, database_url: str | None = None) -> None:
         import torch
 
         from worker.logs import setup_logging
+        from worker.models.swap import follow_champions
         from worker.stages import build_stage
 
         setup_logging(os.environ.get("TEXTWORKER_LOG_LEVEL", "WARNING"))
@@ -46,6 +47,7 @@ class StageActor:
         torch.set_num_threads(threads)
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"device": device})})
         self.stage = build_stage(spec)
+        follow_champions([self.stage], database_url)  # the actor switches to new champions between batches
         self.stage.load()
 
     def process(self, docs: list[Document], context: dict[str, dict[str, StageResult]]) -> tuple[list[Outcome], dict[str, float]]:
@@ -106,10 +108,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 class RayStagePool:
     """`replicas` actors for one stage; calls go to the least-busy actor."""
 
-    def __init__(self, spec: Any, cpu_scale: float = 1.0) -> None:
+    def __init__(self, spec: Any, cpu_scale: float = 1.0, database_url: str | None = None) -> None:
         import ray
 
         self.spec = spec
+        self.database_url = database_url
         gpus = spec.resources.gpus
         if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
             log.warning("stage asks for GPUs but the cluster has none: running on CPU", extra={"stage": spec.name})
@@ -129,7 +132,7 @@ class RayStagePool:
             ) from exc
 
     def _new_actor(self) -> Any:
-        return self.remote_cls.options(**self.options).remote(self.spec, self.device)
+        return self.remote_cls.options(**self.options).remote(self.spec, self.device, self.database_url)
 
     def submit(self, docs: list[Document], context: dict[str, dict[str, StageResult]]) -> tuple[Any, int]:
         index = min(range(len(self.actors)), key=self.busy.__getitem__)
@@ -149,7 +152,7 @@ class RayStagePool:
 class RayPipeline:
     """Drives chunks through the stage pools; see the module docstring for the contract."""
 
-    def __init__(self, spec: PipelineSpec, *, max_inflight: int | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, *, max_inflight: int | None = None, database_url: str | None = None) -> None:
         import ray
 
         self.spec = spec
@@ -159,7 +162,7 @@ class RayPipeline:
         if scale < 1.0:
             log.warning("stages ask for more CPUs than the cluster has: scaling every request down",
                         extra={"wanted_cpus": wanted, "cluster_cpus": have, "scale": round(scale, 3)})
-        self.pools = [RayStagePool(s, scale) for s in spec.stages]
+        self.pools = [RayStagePool(s, scale, database_url) for s in spec.stages]
         replicas = sum(s.resources.replicas for s in spec.stages)
         self.max_inflight = max_inflight or replicas + 2
         self.totals = {s.name: StageTotals(model_version=p.model_version) for s, p in zip(spec.stages, self.pools, strict=True)}
@@ -229,6 +232,7 @@ class RayPipeline:
                 chunk.context[outcome.doc_id][outcome.stage] = outcome
                 chunk.results.append(outcome)
                 totals.results += 1
+                totals.model_version = outcome.model_version  # the actors may have swapped models
             else:
                 chunk.letters.append(outcome)
                 totals.failed += 1

@@ -76,6 +76,7 @@ from kafka.structs import TopicPartition
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
+from worker.models.swap import follow_champions
 from worker.runtime.local import RunSummary, apply_stages, new_run_id, unique_docs
 from worker.sinks.kafka_topics import PUBLISHED_SUFFIX, TopicPublisher
 from worker.sinks.sql import Offset, SinkBatch, SqlResultSink
@@ -291,6 +292,7 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, st
     source = KafkaDocumentSource(spec.source, replay=options.replay)
     publisher = TopicPublisher(spec.source, spec.name)
     stages = [build_stage(s) for s in spec.stages]
+    follow_champions(stages, database_url)
     runner = StreamRunner(spec, sink, source, stages, publisher, options, stop)
     sink.on_retry, source.start_offsets = runner.on_db_retry, runner.start_offsets
     try:

@@ -8,15 +8,19 @@ document, a `StageResult` or a `DeadLetter` -- never raises for a bad document.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas.documents import DeadLetter, Document, StageResult
 from worker.errors import StageFailure
 from worker.models import loading
+
+if TYPE_CHECKING:
+    from worker.models.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
 Context = dict[str, dict[str, StageResult]]
@@ -78,6 +82,7 @@ class HFStage:
         self.tokenizer: Any = None
         self.device = "cpu"
         self.ref: loading.ModelRef | None = None
+        self.swapper: ModelSwapper | None = None  # set by worker.models.swap.follow_champions
 
     # ------------------------------------------------------------------ loading
 
@@ -85,26 +90,35 @@ class HFStage:
         if self.model is not None:
             return
         import torch
-        import transformers
 
-        self.ref = loading.resolve(self.spec.model, self.spec.revision)
         self.device = loading.pick_device(self.spec.resources.device)
         if self.spec.resources.threads:
             torch.set_num_threads(self.spec.resources.threads)
-        self.tokenizer = loading.load_pretrained(transformers.AutoTokenizer, self.ref, self.spec.revision)
-        model = loading.load_pretrained(getattr(transformers, self.auto_class), self.ref, self.spec.revision)
-        self.model = model.to(self.device).eval()
-        self.model_version = self.ref.version
-        self.after_load()
+        if self.swapper is not None:
+            ref, version = self.swapper.starting_model()
+        else:
+            ref, version = loading.resolve(self.spec.model, self.spec.revision), None
+        self.adopt(self.prepared(ref, version))
         log.info("stage loaded", extra={"stage": self.name, "model_version": self.model_version, "device": self.device})
+
+    def prepared(self, ref: loading.ModelRef, version: str | None = None) -> HFStage:
+        """A copy of this stage with `ref`'s model loaded and checked (`after_load`); any thread may call it."""
+        import transformers
+
+        candidate = copy.copy(self)
+        candidate.tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref, self.spec.revision)
+        model = loading.load_pretrained(getattr(transformers, self.auto_class), ref, self.spec.revision)
+        candidate.model = model.to(self.device).eval()
+        candidate.ref, candidate.model_version = ref, version or ref.version
+        candidate.after_load()
+        return candidate
+
+    def adopt(self, candidate: HFStage) -> None:
+        """Take over a prepared copy's model and what `after_load` derived, in one step between batches."""
+        self.__dict__.update({k: v for k, v in vars(candidate).items() if k not in ("stats", "swapper", "spec")})
 
     def after_load(self) -> None:
         """Checks a subclass makes once the model is loaded (labels, heads...)."""
-
-    def swap_model(self, model: Any, tokenizer: Any, version: str) -> None:
-        """Replace the model between batches (hot swap); the next call uses it."""
-        self.model, self.tokenizer, self.model_version = model.to(self.device).eval(), tokenizer, version
-        self.after_load()
 
     @property
     def max_positions(self) -> int:
@@ -119,6 +133,8 @@ class HFStage:
         if not docs:
             return []
         self.load()
+        if self.swapper is not None:
+            self.swapper.at_batch_boundary()  # a new champion takes over here, never inside a batch
         started = time.perf_counter()
         try:
             outcomes = self._with_retries(lambda: self.run(list(docs), context))
