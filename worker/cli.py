@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
     _add_common(p)
 
+    p = sub.add_parser("serve", help="serve the pipeline over HTTP (Ray Serve) until SIGTERM/SIGINT")
+    p.add_argument("pipeline")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS; none starts a local Ray)")
+    p.add_argument("--max-concurrent", type=int, default=32, help="requests in progress at once; 429 beyond")
+    p.add_argument("--max-documents", type=int, default=256, help="documents per request; 413 beyond")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body size; 413 beyond")
+    p.add_argument("--batch-calls", type=int, default=16, help="most requests a stage replica batches together")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage replica waits for more requests to batch")
+    p.add_argument("--database-url", help="store served results here (default: as `run`); `none` stores nothing")
+    _add_common(p)
+
     p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
     p.add_argument("--database-url", default="sqlite:///demo.db")
     p.add_argument("--models-dir", default=default_models_dir())
@@ -116,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from worker import commands
+    from worker.serving import commands as serve_commands
     from worker.training import commands as training_commands
 
     return {
@@ -126,6 +140,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "models": commands.cmd_models,
         "demo": commands.cmd_demo,
         "bench": commands.cmd_bench,
+        "serve": serve_commands.cmd_serve,
     }
 
 

@@ -1,0 +1,60 @@
+"""`textworker serve` as a user runs it: a process that serves until SIGTERM, then stops Serve and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+SPAM = "URGENT! We are trying to contact you. Last weekends draw shows you won a £900 prize GUARANTEED. Call 09061 701461"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_cli_serves_until_sigterm(models_dir: Path, tmp_path: Path) -> None:
+    pipeline = tmp_path / "spam.yaml"
+    pipeline.write_text(json.dumps({
+        "version": 1, "name": "cli_served", "source": {"type": "file", "path": "unused"},
+        "stages": [{"name": "spam", "type": "spam", "model": str(models_dir / "spam"), "resources": {"cpus": 0.5}}],
+    }), encoding="utf-8")
+    port = _free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", str(pipeline), "--port", str(port),
+                                "--database-url", "none"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any(line.startswith("serving `cli_served`") for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        response = requests.post(f"http://127.0.0.1:{port}/v1/documents", json={"documents": [{"text": SPAM}]}, timeout=60)
+        assert response.status_code == 200 and response.json()["stored"] is False
+        assert response.json()["documents"][0]["results"]["spam"]["label"] == "spam"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, "".join(lines)[-3000:]
+    assert lines[-1].strip() == "stopped"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)

@@ -1,0 +1,132 @@
+"""Build the Serve application for a pipeline: one deployment per stage plus the HTTP ingress.
+
+Placement comes from each stage's `resources` in the pipeline file:
+- `cpus`, `gpus` -> the replica's `num_cpus` / `num_gpus` (fractional GPUs share a device);
+- `replicas` -> a fixed replica count, or, with `min_replicas`/`max_replicas`, Serve
+  autoscaling between them starting at `replicas`;
+- `threads` -> torch threads per replica (default: the whole CPUs asked for, at least 1).
+
+With `fit_to_cluster` (the default) the request is fitted to the cluster as it is now,
+the same way the Ray batch runtime does it: a stage asking for GPUs on a cluster without
+enough runs on CPU with a warning, and CPU requests larger than the cluster are scaled
+down with a warning (never rounded up, so they fit).
+
+`app_builder` is the entry for a Serve config file or a KubeRay RayService:
+`import_path: worker.serving.app:app_builder` with `args: {pipeline: FILE, ...}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from schemas.pipeline import PipelineSpec
+from worker.serving.settings import ServeArgs, ServeSettings
+
+log = logging.getLogger(__name__)
+INGRESS_NAME = "ingress"
+INGRESS_HEADROOM = 64  # calls beyond max_concurrent that still reach the ingress (and get a fast 429)
+
+
+def stage_deployment_name(stage_name: str) -> str:
+    return f"stage-{stage_name}"
+
+
+def replica_counts(resources: Any) -> dict[str, Any]:
+    """`num_replicas`, or an `autoscaling_config` when min/max replicas are set."""
+    if resources.min_replicas is None and resources.max_replicas is None:
+        return {"num_replicas": resources.replicas}
+    low = resources.min_replicas or 1
+    high = max(resources.max_replicas or max(resources.replicas, low), low)
+    initial = min(max(resources.replicas, low), high)
+    return {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "initial_replicas": initial}}
+
+
+def initial_replicas(resources: Any) -> int:
+    counts = replica_counts(resources)
+    return int(counts["num_replicas"]) if "num_replicas" in counts else int(counts["autoscaling_config"]["initial_replicas"])
+
+
+def cpu_scale(spec: PipelineSpec, settings: ServeSettings, cluster_cpus: float) -> float:
+    """Factor (<= 1) that makes every stage's initial replicas plus the ingress fit the cluster's CPUs."""
+    wanted = sum(s.resources.cpus * initial_replicas(s.resources) for s in spec.stages)
+    room = cluster_cpus - settings.ingress_cpus
+    if not settings.fit_to_cluster or wanted <= 0 or room >= wanted:
+        return 1.0
+    scale = max(room, 0.01 * len(spec.stages)) / wanted
+    log.warning("stages ask for more CPUs than the cluster has: scaling every request down",
+                extra={"wanted_cpus": wanted, "cluster_cpus": cluster_cpus, "scale": round(scale, 3)})
+    return scale
+
+
+def stage_options(stage: Any, settings: ServeSettings, scale: float, cluster_gpus: float) -> tuple[str, dict[str, Any]]:
+    """(device, deployment options) for one stage."""
+    gpus = stage.resources.gpus
+    if gpus and settings.fit_to_cluster and cluster_gpus < gpus:
+        log.warning("stage asks for GPUs but the cluster has none free: running on CPU", extra={"stage": stage.name})
+        gpus = 0
+    cpus = math.floor(stage.resources.cpus * scale * 1e4) / 1e4  # Ray counts in 1e-4 units; never round up
+    options: dict[str, Any] = {
+        "name": stage_deployment_name(stage.name),
+        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus},
+        "max_ongoing_requests": max(2 * settings.batch_calls, 8),
+        **replica_counts(stage.resources),
+    }
+    return ("cuda" if gpus else "cpu"), options
+
+
+def with_absolute_models(spec: PipelineSpec) -> PipelineSpec:
+    """Relative local model paths made absolute, so replicas find them whatever their working directory."""
+    stages = []
+    for stage in spec.stages:
+        path = Path(stage.model).expanduser()
+        if not path.is_absolute() and path.exists():
+            stage = stage.model_copy(update={"model": str(path.resolve())})
+        stages.append(stage)
+    return spec.model_copy(update={"stages": stages})
+
+
+def build_application(spec: PipelineSpec, settings: ServeSettings) -> Any:
+    """The bound Serve application (pass it to `serve.run`). Needs a connected Ray."""
+    import ray
+    from ray import serve
+
+    from worker.serving.ingress import DocumentsIngress
+    from worker.serving.stage_server import StageServer
+
+    spec = with_absolute_models(spec)
+    if settings.max_chars is None:
+        settings = settings.model_copy(update={"max_chars": spec.source.max_chars})
+    cluster = ray.cluster_resources()
+    scale = cpu_scale(spec, settings, float(cluster.get("CPU", 0)) or math.inf)
+    stage_apps = []
+    for stage in spec.stages:
+        device, options = stage_options(stage, settings, scale, float(cluster.get("GPU", 0)))
+        deployment = serve.deployment(**options)(StageServer)
+        stage_apps.append(deployment.bind(stage, device, settings.batch_calls, settings.batch_wait_ms / 1000))
+    ingress = serve.deployment(
+        name=INGRESS_NAME, num_replicas=1, ray_actor_options={"num_cpus": settings.ingress_cpus},
+        max_ongoing_requests=settings.max_concurrent + INGRESS_HEADROOM,
+    )(serve.ingress()(DocumentsIngress))
+    return ingress.bind(spec, stage_apps, settings)
+
+
+def settings_from_args(args: ServeArgs, spec: PipelineSpec) -> ServeSettings:
+    """ServeSettings for a pipeline: the database is `database_url`, else $TEXTWORKER_DATABASE_URL, else the sink's."""
+    database_url = None
+    if args.store:
+        database_url = args.database_url or os.environ.get("TEXTWORKER_DATABASE_URL") or spec.sink.url
+    fields = args.model_dump(exclude={"pipeline", "store", "database_url"})
+    return ServeSettings(**fields, database_url=database_url)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Application builder for Serve config files: `args` are `ServeArgs` fields."""
+    from worker.config import load_pipeline
+
+    parsed = ServeArgs.model_validate(args)
+    spec = load_pipeline(parsed.pipeline)
+    return build_application(spec, settings_from_args(parsed, spec))

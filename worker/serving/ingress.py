@@ -1,0 +1,264 @@
+"""The HTTP ingress deployment: FastAPI routes in front of the stage deployments.
+
+Routes: `POST /v1/documents`, `GET /healthz` (the process answers), `GET /readyz`
+(200 only when every stage deployment answers with its model loaded, else 503),
+FastAPI's `/openapi.json` and `/docs`, and the routers of other textworker parts
+(`worker.lifecycle.api`, `worker.dashboard.web`) when those modules are installed.
+
+Limits, each answered before any model work:
+- more than `max_concurrent` requests on `/v1/documents` at once: 429 with
+  `Retry-After` (checked before the body is read, so refused requests cost nothing);
+- a body over `max_body_bytes`: 413; more than `max_documents` documents: 413;
+- malformed JSON: 400; a body that does not fit the schema: 422 with the field path.
+
+The bound is per ingress replica; the application runs one.
+
+Delivery: with a database URL, each request's documents, results and dead letters
+are written in ONE transaction before the response is sent (upserts on natural keys,
+so a client may retry a request whose response it lost). If that write fails the
+request gets 503 and may be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from schemas.documents import DeadLetter, Document, StageResult
+from schemas.pipeline import PipelineSpec
+from worker.serving.chain import Context, Outcome, run_chain
+from worker.serving.payloads import (
+    DocumentOut,
+    DocumentsRequest,
+    DocumentsResponse,
+    ErrorBody,
+    document_out,
+    duplicate_ids,
+    read_documents,
+)
+from worker.serving.settings import ServeSettings
+from worker.serving.stage_server import StageCall
+
+log = logging.getLogger(__name__)
+DOCUMENTS_PATH = "/v1/documents"
+MOUNTED_ROUTERS = ("worker.lifecycle.api", "worker.dashboard.web")
+READY_TIMEOUT_S = 5.0
+
+
+class DocumentsGate:
+    """ASGI middleware in front of `POST /v1/documents`: the concurrency bound (429) and a
+    declared body over the limit (413), both answered before the body is read.
+
+    A body without a Content-Length is counted as it streams by the route's own limit.
+    The count lives on the replica's event loop, so it needs no lock.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, max_body_bytes: int, retry_after_s: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != DOCUMENTS_PATH:
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
+        if self.active >= self.limit:
+            return JSONResponse(
+                {"detail": f"too many requests in progress (limit {self.limit}); retry after {self.retry_after_s}s"},
+                status_code=429, headers={"Retry-After": str(self.retry_after_s)},
+            )
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return JSONResponse({"detail": f"the body has {int(declared)} bytes; the limit is {self.max_body_bytes}"}, status_code=413)
+        return None
+
+
+async def _bad_json_is_400(request: Request, exc: Exception) -> JSONResponse:
+    """Malformed JSON is a 400; every other validation error keeps FastAPI's 422 with its `loc`."""
+    assert isinstance(exc, RequestValidationError)
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            return JSONResponse({"detail": f"malformed JSON: {reason} (at character {error['loc'][-1]})"}, status_code=400)
+    response = await request_validation_exception_handler(request, exc)
+    assert isinstance(response, JSONResponse)
+    return response
+
+
+def mount_routers(app: FastAPI, spec: PipelineSpec, database_url: str | None) -> list[str]:
+    """Include `make_router(spec, database_url)` of every installed module in MOUNTED_ROUTERS."""
+    mounted: list[str] = []
+    if database_url is None:
+        return mounted
+    for name in MOUNTED_ROUTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # not written or not installed: nothing to mount
+            log.warning("router module failed to import; not mounted", extra={"module": name, "error": str(exc)})
+            continue
+        except ImportError as exc:
+            log.warning("router module failed to import; not mounted", extra={"module": name, "error": str(exc)})
+            continue
+        try:
+            app.include_router(module.make_router(spec, database_url))
+        except Exception as exc:  # noqa: BLE001 - a broken optional router must not take the document API down
+            log.warning("router could not be built; not mounted", extra={"module": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        mounted.append(name)
+    return mounted
+
+
+class DocumentsIngress:
+    """The ingress replica: stage handles, the optional SQL sink, and the FastAPI app."""
+
+    def __init__(self, spec: PipelineSpec, stages: list[Any], settings: ServeSettings) -> None:
+        self.spec = spec
+        self.stages = stages
+        self.settings = settings
+        self.sink: Any = None
+        if settings.database_url:
+            from worker.runtime.local import new_run_id
+            from worker.sinks.sql import SqlResultSink
+
+            self.sink = SqlResultSink(settings.database_url, spec.name, "serve-" + new_run_id(), store_text=spec.sink.store_text).open()
+            self.sink.start_run({"stages": [s.name for s in spec.stages], "runtime": "serve"})
+        self.served = {"requests": 0, "documents": 0, "rejected": 0}
+
+    # ------------------------------------------------------------------ app
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.build_api()
+
+    def build_api(self) -> FastAPI:
+        app = FastAPI(
+            title=f"textworker — {self.spec.name}",
+            description=self.spec.description or "Documents in, every stage's result out.",
+            lifespan=self._lifespan,
+        )
+        app.add_exception_handler(RequestValidationError, _bad_json_is_400)
+        app.add_middleware(DocumentsGate, limit=self.settings.max_concurrent, max_body_bytes=self.settings.max_body_bytes,
+                           retry_after_s=self.settings.retry_after_s)
+        errors: dict[int | str, dict[str, Any]] = {
+            400: {"model": ErrorBody, "description": "Malformed JSON."},
+            413: {"model": ErrorBody, "description": "Body or document count over the limit."},
+            429: {"model": ErrorBody, "description": "Too many requests in progress; see Retry-After."},
+            503: {"model": ErrorBody, "description": "The results could not be stored; retry."},
+        }
+
+        @app.post(DOCUMENTS_PATH, response_model=DocumentsResponse, responses=errors, max_body_size=self.settings.max_body_bytes,
+                  summary="Run documents through every stage")
+        async def post_documents(body: DocumentsRequest) -> DocumentsResponse:
+            return await self.handle(body)
+
+        @app.get("/healthz", summary="The server process is alive")
+        async def healthz() -> dict[str, str]:
+            return {"status": "alive"}
+
+        @app.get("/readyz", summary="Every stage has its model loaded", responses={503: {"description": "Not ready"}})
+        async def readyz() -> JSONResponse:
+            stages = await self.stage_info()
+            ready = all(s.get("loaded") for s in stages)
+            return JSONResponse({"ready": ready, "pipeline": self.spec.name, "stages": stages, "served": self.served},
+                                status_code=200 if ready else 503)
+
+        mount_routers(app, self.spec, self.settings.database_url)
+        return app
+
+    @asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if self.sink is not None:
+            self.sink.finish_run("finished", dict(self.served))
+            self.sink.close()
+
+    # ------------------------------------------------------------------ requests
+
+    async def handle(self, body: DocumentsRequest) -> DocumentsResponse:
+        settings = self.settings
+        if len(body.documents) > settings.max_documents:
+            raise HTTPException(413, f"{len(body.documents)} documents in one request; the limit is {settings.max_documents}")
+        request_id = uuid.uuid4().hex[:16]
+        items = read_documents(body, request_id, settings.max_chars or self.spec.source.max_chars)
+        duplicates = duplicate_ids(items)
+        if duplicates:
+            raise HTTPException(422, duplicates)
+        positions = {str(i): item for i, item in enumerate(items) if isinstance(item, Document)}
+        keyed = [doc.model_copy(update={"id": key}) for key, doc in positions.items()]
+        chain = await run_chain(self.spec, keyed, self._call_stage)
+        out: list[DocumentOut] = []
+        results: list[StageResult] = []
+        letters: list[DeadLetter] = []
+        for position, item in enumerate(items):
+            if isinstance(item, DeadLetter):
+                out.append(document_out(item.ref, [], [item], [], rejected=True))
+                letters.append(item)
+                continue
+            key = str(position)
+            mine = [r.model_copy(update={"doc_id": item.id}) for r in chain.results[key]]
+            failed = [d.model_copy(update={"ref": item.id}) for d in chain.letters[key]]
+            out.append(document_out(item.id, mine, failed, chain.skipped[key]))
+            results += mine
+            letters += failed
+        stored = await self._store(list(positions.values()), results, letters)
+        self.served["requests"] += 1
+        self.served["documents"] += len(items)
+        self.served["rejected"] += sum(1 for d in out if d.status == "rejected")
+        return DocumentsResponse(pipeline=self.spec.name, request_id=request_id, stored=stored, documents=out)
+
+    async def _call_stage(self, index: int, docs: list[Document], context: Context) -> list[Outcome]:
+        outcomes: list[Outcome] = await self.stages[index].process.remote(StageCall(docs, context))
+        return outcomes
+
+    async def _store(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter]) -> bool:
+        if self.sink is None:
+            return False
+        from worker.sinks.sql import SinkBatch
+
+        try:
+            await asyncio.to_thread(self.sink.write, SinkBatch(documents=docs, results=results, dead_letters=letters))
+        except Exception as exc:  # noqa: BLE001 - any storage failure is a retryable 503 for the client
+            log.warning("could not store served results", extra={"error": str(exc)[:300]})
+            raise HTTPException(503, f"the results could not be stored: {str(exc)[:200]}",
+                                headers={"Retry-After": str(self.settings.retry_after_s)}) from exc
+        return True
+
+    async def stage_info(self) -> list[dict[str, Any]]:
+        """Each stage deployment's `info()`, or `loaded: false` with the reason when it does not answer in time."""
+
+        async def one(stage_spec: Any, handle: Any) -> dict[str, Any]:
+            async def ask() -> dict[str, Any]:
+                info: dict[str, Any] = await handle.info.remote()
+                return info
+
+            try:
+                return await asyncio.wait_for(ask(), READY_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - any failure means: not ready
+                return {"stage": stage_spec.name, "loaded": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+        return list(await asyncio.gather(*(one(s, h) for s, h in zip(self.spec.stages, self.stages, strict=True))))
