@@ -47,6 +47,8 @@ results = sa.Table(
     sa.UniqueConstraint("pipeline", "doc_id", "stage", name="uq_results_pipeline_doc_stage"),
     sa.Index("ix_results_pipeline_stage_created", "pipeline", "stage", "created_at"),
     sa.Index("ix_results_pipeline_stage_label", "pipeline", "stage", "label"),
+    sa.Index("ix_results_pipeline_stage_updated", "pipeline", "stage", "updated_at", "label"),  # 0003: dashboard time buckets
+    sa.Index("ix_results_pipeline_stage_id", "pipeline", "stage", "id"),  # 0003: dashboard samples, newest first
 )
 
 dead_letters = sa.Table(
@@ -64,7 +66,8 @@ dead_letters = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("requeued_at", Timestamp, nullable=True),
     sa.UniqueConstraint("pipeline", "ref", "stage", name="uq_dead_letters_pipeline_ref_stage"),
-    sa.Index("ix_dead_letters_pipeline_reason", "pipeline", "reason"),
+    sa.Index("ix_dead_letters_pipeline_reason_id", "pipeline", "reason", "id"),  # 0003 (was pipeline, reason)
+    sa.Index("ix_dead_letters_pipeline_requeued", "pipeline", "requeued_at"),  # 0003: the requeue path
 )
 
 runs = sa.Table(
@@ -76,6 +79,7 @@ runs = sa.Table(
     sa.Column("started_at", Timestamp, nullable=False),
     sa.Column("finished_at", Timestamp, nullable=True),
     sa.Column("stats", JSONType, nullable=False),
+    sa.Index("ix_runs_pipeline_started", "pipeline", "started_at"),  # 0003
 )
 
 stream_offsets = sa.Table(

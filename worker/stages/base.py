@@ -120,6 +120,15 @@ class HFStage:
     def after_load(self) -> None:
         """Checks a subclass makes once the model is loaded (labels, heads...)."""
 
+    def add_token_counts(self, counts: dict[str, int]) -> None:
+        """Fold a batch helper's token counters (real/padded tokens, batches, extras) into the stats."""
+        self.stats.real_tokens += counts.get("real_tokens", 0)
+        self.stats.padded_tokens += counts.get("padded_tokens", 0)
+        self.stats.batches += counts.get("batches", 0)
+        for key, value in counts.items():
+            if key not in ("real_tokens", "padded_tokens", "batches"):
+                self.stats.extra[key] = self.stats.extra.get(key, 0) + value
+
     @property
     def max_positions(self) -> int:
         limit = getattr(self.model.config, "max_position_embeddings", None) or 512

@@ -38,11 +38,14 @@ class QuestionAnswerStage(HFStage):
             for question in self.questions_for(doc):
                 items.append((question, doc.text))
                 owners.append(index)
+        counts: dict[str, int] = {}
         spans = answer_questions(
             self.model, self.tokenizer, items, max_length=self.max_positions, stride=self.spec.stride,
             max_answer_length=self.spec.max_answer_length, batch_size=self.spec.batch_size,
             max_windows=self.spec.max_windows, no_answer_threshold=self.spec.no_answer_threshold,
+            max_tokens=self.spec.max_tokens, stats=counts,
         )
+        self.add_token_counts(counts)
         per_doc: list[list[dict[str, Any]]] = [[] for _ in docs]
         for (question, _), owner, span in zip(items, owners, spans, strict=True):
             per_doc[owner].append({"question": question, **span})

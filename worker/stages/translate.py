@@ -66,11 +66,13 @@ class TranslateTextStage(HFStage):
             for part in parts[:MAX_CHUNKS]:
                 chunks.append(part)
                 owners.append(index)
+        counts: dict[str, int] = {}
         translated = translate_texts(
             self.model, self.tokenizer, chunks, max_new_tokens=self.spec.max_new_tokens,
             num_beams=self.spec.num_beams, prefix=self.spec.prefix, batch_size=self.spec.batch_size,
-            forced_bos_token_id=self.forced_bos,
+            forced_bos_token_id=self.forced_bos, max_tokens=self.spec.max_tokens, stats=counts,
         ) if chunks else []
+        self.add_token_counts(counts)
         joined: dict[int, list[str]] = {}
         for owner, text in zip(owners, translated, strict=True):
             joined.setdefault(owner, []).append(text)

@@ -130,20 +130,36 @@ def _max_positions(model: Any, max_length: int) -> int:
     return min(max_length, int(limit))
 
 
-def _forward(model: Any, tokenizer: Any, windows: list[Window], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Start/end logits (float32, trimmed to each window's length) for every window, in input order."""
+def _forward(
+    model: Any, tokenizer: Any, windows: list[Window], batch_size: int, max_tokens: int | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Start/end logits (float32, trimmed to each window's length) for every window, in input order.
+
+    Windows are grouped by a token budget (``max_tokens`` positions per batch, at most ``batch_size``
+    windows) over length-sorted windows, so short windows are not padded to long ones. ``stats``
+    (when given) accumulates ``real_tokens``, ``padded_tokens`` and ``batches``.
+    """
+    from worker.runtime.batching import plan_batches
+
     pad_id, use_types = _input_plan(model, tokenizer)
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i].input_ids))
+    lengths = [len(w.input_ids) for w in windows]
+    budget = max_tokens or batch_size * max(lengths, default=1)
+    plan = plan_batches(lengths, budget, batch_size)
     out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(windows)  # type: ignore[list-item]
-    for b in range(0, len(order), batch_size):
-        chunk = [windows[i] for i in order[b : b + batch_size]]
+    for idx in plan.batches:
+        chunk = [windows[i] for i in idx]
         batch = collate(chunk, pad_id, use_types(chunk), labels=False)
         result = model(**{k: v.to(model.device) for k, v in batch.items()})
         starts = result.start_logits.float().cpu().numpy()
         ends = result.end_logits.float().cpu().numpy()
-        for r, i in enumerate(order[b : b + batch_size]):
-            n = len(windows[i].input_ids)
+        for r, i in enumerate(idx):
+            n = lengths[i]
             out[i] = (starts[r, :n], ends[r, :n])
+    if stats is not None:
+        stats["real_tokens"] = stats.get("real_tokens", 0) + plan.real_tokens
+        stats["padded_tokens"] = stats.get("padded_tokens", 0) + plan.padded_tokens
+        stats["batches"] = stats.get("batches", 0) + len(plan.batches)
     return out
 
 
@@ -158,6 +174,8 @@ def answer_questions(
     batch_size: int = 32,
     max_windows: int = 64,
     no_answer_threshold: float | None = None,
+    max_tokens: int | None = None,
+    stats: dict[str, int] | None = None,
 ) -> list[dict]:
     """Answer (question, context) items; one dict per item, in input order.
 
@@ -175,7 +193,7 @@ def answer_questions(
     model.eval()
     try:
         with torch.inference_mode():
-            logits = _forward(model, tokenizer, windows, batch_size)
+            logits = _forward(model, tokenizer, windows, batch_size, max_tokens, stats)
     finally:
         model.train(was_training)
     best: dict[int, tuple[float, int, int, float]] = {}
