@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=["local", "ray"], default=os.environ.get("TEXTWORKER_RUNTIME", "local"),
                    help="local: stages in this process; ray: stage actor pools, pipelined (default $TEXTWORKER_RUNTIME or local)")
     p.add_argument("--address", default=None, help="Ray cluster address (default $RAY_ADDRESS; none starts a local Ray)")
+    mg = p.add_argument_group("metrics", "Prometheus /metrics while the run goes on (see README: Operations)")
+    mg.add_argument("--metrics-port", type=int, help="serve /metrics on this port (0: any free port)")
+    mg.add_argument("--metrics-host", default="127.0.0.1", help="address for /metrics; any but loopback needs a token")
+    mg.add_argument("--metrics-linger", type=float, default=0.0, help="keep /metrics up this many seconds after the run (a last scrape)")
+    mg.add_argument("--token", default=None, help="bearer token /metrics requires (default $TEXTWORKER_TOKEN)")
     k = p.add_argument_group("kafka sources", "without these a kafka pipeline streams until SIGTERM/SIGINT")
     k.add_argument("--until-end", action="store_true", help="exit once every owned partition is caught up")
     k.add_argument("--from-offset", type=int, help="replay: first offset of every partition (read outside the group)")
@@ -120,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="store served results here (default: as `run`); `none` stores nothing")
     _add_common(p)
 
+    from worker.dashboard.commands import add_dashboard_parser
+
+    add_dashboard_parser(sub, _add_common)
+
     p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
     p.add_argument("--database-url", default="sqlite:///demo.db")
     p.add_argument("--models-dir", default=default_models_dir())
@@ -129,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from worker import commands
+    from worker.dashboard import commands as dashboard_commands
     from worker.serving import commands as serve_commands
     from worker.training import commands as training_commands
 
     return {
-        "run": commands.cmd_run,
+        "run": dashboard_commands.run_with_metrics(commands.cmd_run),
+        "dashboard": dashboard_commands.cmd_dashboard,
+        "requeue": dashboard_commands.cmd_requeue,
         "validate": commands.cmd_validate,
         "train": training_commands.cmd_train,
         "eval": training_commands.cmd_eval,

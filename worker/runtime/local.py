@@ -19,7 +19,9 @@ from typing import Any
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.logs import bind_log_context, log_context, unbind_log_context
 from worker.models.swap import follow_champions
+from worker.observability import metrics
 from worker.runtime.conditions import holds
 from worker.sinks.sql import SinkBatch, SqlResultSink
 from worker.sources.base import SourceItem
@@ -74,7 +76,11 @@ def apply_stages(stages: list[Stage], spec: PipelineSpec, docs: list[Document], 
     for stage, stage_spec in zip(stages, spec.stages, strict=True):
         eligible = [d for d in docs if holds(stage_spec.when, context[d.id])]
         summary.stage_skipped[stage.name] += len(docs) - len(eligible)
-        for outcome in stage.process(eligible, context):
+        before = metrics.stage_snapshot(stage)
+        with log_context(stage=stage.name, model_version=stage.model_version):
+            outcomes = stage.process(eligible, context)
+        metrics.observe_stage(spec.name, stage, before, skipped=len(docs) - len(eligible), docs_in=len(eligible), outcomes=outcomes)
+        for outcome in outcomes:
             if isinstance(outcome, StageResult):
                 context[outcome.doc_id][stage.name] = outcome
                 results.append(outcome)
@@ -123,9 +129,15 @@ def run_pipeline(
     started = time.perf_counter()
     status = "failed"
     sink.start_run({"stages": [s.name for s in spec.stages], "runtime": runtime})
+    metrics.run_started(spec.name, sink.run_id)
+    log_scope = bind_log_context(run_id=sink.run_id, pipeline=spec.name)
 
     def store(docs: list[Document], letters: list[DeadLetter], results: list[StageResult], items_in_chunk: int) -> None:
-        sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters))
+        with metrics.time_sink(spec.name):
+            sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters))
+        metrics.observe_chunk(spec.name, items=items_in_chunk, docs=len(docs), letters=letters)
+        for letter in letters:
+            log.info("dead letter", extra={"doc_id": letter.ref, "stage": letter.stage, "reason": letter.reason})
         summary.docs += len(docs)
         summary.dead_letters += len(letters)
         summary.reasons.update(d.reason for d in letters)
@@ -142,6 +154,9 @@ def run_pipeline(
         status = "finished"
     finally:
         summary.seconds = time.perf_counter() - started
+        metrics.add_latencies(summary)
+        metrics.run_finished(spec.name, status)
+        unbind_log_context(log_scope)
         sink.finish_run(status, summary.as_dict())
     return summary
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.observability import metrics
 from worker.runtime.conditions import holds
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class StageActor:
         st = self.stage.stats
         delta = {"real_tokens": st.real_tokens - before[0], "padded_tokens": st.padded_tokens - before[1],
                  "seconds": st.seconds - before[2], "batches": st.batches - before[3]}
+        if getattr(self.stage, "device", "cpu").startswith("cuda"):
+            import torch
+
+            delta["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated())
         return outcomes, delta
 
     def model_version(self) -> str:
@@ -218,10 +223,18 @@ class RayPipeline:
                 outcomes, delta = ray.get(pool.actors[actor].process.remote(batch, chunk.context))
             except (ray.exceptions.RayError, RuntimeError) as again:
                 detail = f"{type(again).__name__}: {str(again)[:400]}"
-                return [DeadLetter(ref=d.id, stage=pool.spec.name, reason="stage_error", detail=detail, payload=d.text[:2000]) for d in batch]
+                outcomes = [DeadLetter(ref=d.id, stage=pool.spec.name, reason="stage_error", detail=detail, payload=d.text[:2000]) for d in batch]
+                delta = {}
         totals = self.totals[pool.spec.name]
+        gpu_memory = delta.pop("gpu_memory_bytes", 0.0)
         for key, value in delta.items():
             setattr(totals, key, getattr(totals, key) + value)
+        results = [o for o in outcomes if isinstance(o, StageResult)]
+        metrics.observe_stage_delta(
+            self.spec.name, pool.spec.name, results[0].model_version if results else totals.model_version, docs_in=len(batch),
+            results=len(results), failed=len(outcomes) - len(results), seconds=delta.get("seconds", 0.0),
+            delta={**delta, "gpu_memory_bytes": gpu_memory},
+        )
         return list(outcomes)
 
     def _merge(self, chunk: ChunkState, stage_index: int, outcomes: list[Outcome]) -> None:
@@ -243,6 +256,7 @@ class RayPipeline:
             stage_spec = self.spec.stages[chunk.next_stage]
             eligible = [d for d in chunk.docs if holds(stage_spec.when, chunk.context[d.id])]
             self.totals[stage_spec.name].skipped += len(chunk.docs) - len(eligible)
+            metrics.observe_skipped(self.spec.name, stage_spec.name, len(chunk.docs) - len(eligible))
             if eligible:
                 context = {d.id: chunk.context[d.id] for d in eligible}
                 ref, actor = self.pools[chunk.next_stage].submit(eligible, context)

@@ -76,7 +76,9 @@ from kafka.structs import TopicPartition
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
+from worker.logs import bind_log_context, unbind_log_context
 from worker.models.swap import follow_champions
+from worker.observability import metrics
 from worker.runtime.local import RunSummary, apply_stages, new_run_id, unique_docs
 from worker.sinks.kafka_topics import PUBLISHED_SUFFIX, TopicPublisher
 from worker.sinks.sql import Offset, SinkBatch, SqlResultSink
@@ -154,6 +156,8 @@ class StreamRunner:
     def run(self) -> RunSummary:
         """Poll and process until stopped or the options' end; returns the summary."""
         self.sink.start_run({"stages": [s.name for s in self.stages], "source": "kafka", "group": self.kafka.group})
+        metrics.run_started(self.spec.name, self.sink.run_id)
+        log_scope = bind_log_context(run_id=self.sink.run_id, pipeline=self.spec.name)
         started = time.perf_counter()
         status = "failed"
         try:
@@ -166,6 +170,9 @@ class StreamRunner:
         finally:
             self.summary.seconds = time.perf_counter() - started
             self._record_stage_stats()
+            metrics.add_latencies(self.summary)
+            metrics.run_finished(self.spec.name, status)
+            unbind_log_context(log_scope)
             self._finish_run(status)
         return self.summary
 
@@ -178,6 +185,7 @@ class StreamRunner:
 
     def _step(self) -> None:
         polled = self._poll()
+        self._observe_lag()
         if polled is None:
             return
         if not polled:
@@ -207,6 +215,7 @@ class StreamRunner:
         self._write(SinkBatch(documents=docs, results=results, dead_letters=letters, offsets=self._offsets(polled.next_offsets)))
         self.source.commit(polled.next_offsets)
         self._publish(docs, results, letters, polled.next_offsets)
+        metrics.observe_chunk(self.spec.name, items=len(polled), docs=len(docs), letters=letters)
         self.records += len(polled)
         self.batches += 1
         self.summary.docs += len(docs)
@@ -222,9 +231,30 @@ class StreamRunner:
 
     def _write(self, batch: SinkBatch) -> None:
         try:
-            self.sink.write(batch)
+            with metrics.time_sink(self.spec.name):
+                self.sink.write(batch)
         finally:
             self.source.resume_after_outage()
+
+    def _observe_lag(self) -> None:
+        """Consumer lag per owned partition: the high watermark of its last fetch minus our position.
+
+        The high watermark comes with every fetch response (no extra request; Tansu answers
+        ListOffsets wrongly, see `caught_up`); a partition not fetched yet reports nothing.
+        """
+        consumer = self.source.consumer
+        if consumer is None or self.options.replay is not None:
+            return
+        lags: dict[tuple[str, int], int] = {}
+        for tp in self.source.assignment():
+            try:
+                highwater = consumer.highwater(tp)
+                position = consumer.position(tp, timeout_ms=1000) if highwater is not None else None
+            except KafkaError:
+                continue
+            if highwater is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = highwater - position
+        metrics.observe_lag(self.spec.name, self.kafka.group, lags)
 
     def _publish(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter],
                  next_offsets: Mapping[TopicPartition, int]) -> None:

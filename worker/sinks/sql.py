@@ -258,7 +258,7 @@ class SqlResultSink:
             }
             for d in letters
         ]
-        update = ["reason", "detail", "payload", "run_id", "updated_at"]
+        update = ["reason", "detail", "payload", "run_id", "updated_at", "requeued_at"]  # failing again ends a requeue
         self._upsert(conn, tables.dead_letters, rows, ["pipeline", "ref", "stage"], update)
 
     def _upsert_offsets(self, conn: Connection, offsets: list[Offset]) -> None:
