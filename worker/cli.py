@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_command", required=True)
     m = msub.add_parser("list", help="model families, versions, metrics")
     m.add_argument("--dir", default=default_models_dir())
+    m.add_argument("--database-url", default=default_database_url(), help="registry database (default $TEXTWORKER_DATABASE_URL, then sqlite:///textworker.db)")
     _add_common(m)
     m = msub.add_parser("build-defaults", help="build the offline default models from seed data")
     m.add_argument("--dir", default=default_models_dir())
@@ -102,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", default="small", choices=["tiny", "small", "base"])
     m.add_argument("--vocab-size", type=int, default=8000)
     _add_common(m)
+    from worker.lifecycle import commands as lifecycle_commands
+
+    lifecycle_commands.add_models_parsers(msub, _add_common)
+    lifecycle_commands.add_parsers(sub, _add_common)
 
     p = sub.add_parser("bench", help="a stage's docs/s against plain transformers, Ray Data and the FLOP limit")
     p.add_argument("pipeline")
@@ -152,6 +157,9 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "models": commands.cmd_models,
         "demo": commands.cmd_demo,
         "bench": commands.cmd_bench,
+        "feedback": lifecycle_commands.cmd_feedback,
+        "finetune": lifecycle_commands.cmd_finetune,
+        "schedule": lifecycle_commands.cmd_schedule,
         "serve": serve_commands.cmd_serve,
     }
 

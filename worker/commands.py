@@ -146,12 +146,10 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    if args.models_command == "list":
-        rows = list_models(Path(args.dir))
-        lines = [f"{'family':<12} {'version':<22} {'task':<10} cur  metrics"]
-        lines += [f"{r['family']:<12} {r['version']:<22} {str(r['task']):<10} {'*' if r['current'] else ' ':<4} {_headline(r['metrics'])}" for r in rows]
-        emit(args, rows, "\n".join(lines) if rows else f"no models under {args.dir} (build them: textworker models build-defaults)")
-        return 0
+    if args.models_command in ("list", "show", "promote", "rollback"):
+        from worker.lifecycle.commands import cmd_models_registry
+
+        return cmd_models_registry(args)
     if args.models_command == "build-defaults":
         from worker.models.defaults import DEFAULT_NAMES, build_defaults
 

@@ -294,16 +294,22 @@ class ModelRegistry:
         if version_dir is None:
             raise RegistryError(f"model family `{family}` holds no version to bootstrap the registry from",
                                 hint="build or train one first (textworker models build-defaults / textworker train)")
+        record = self.register_directory(name, version_dir, stage=stage.name, task=stage.type, pipeline=pipeline,
+                                         reason="bootstrap: the family's on-disk current version")
+        return self.promote(name, record.version, "bootstrap: the family's on-disk current version")
+
+    def register_directory(self, name: str, version_dir: Path, *, stage: str, task: str, pipeline: str | None = None,
+                           reason: str = "registered from disk") -> ModelRecord:
+        """Register a version directory (e.g. one `textworker train` wrote) as a candidate, from its textworker.json."""
         ref = loading.resolve(str(version_dir))
         meta = ref.metadata
         version = str(meta.get("version") or ref.version.split("@", 1)[1])
-        self.register(
-            name=name, version=version, stage=stage.name, task=str(meta.get("task") or stage.type), artifact_path=version_dir,
+        return self.register(
+            name=name, version=version, stage=stage, task=str(meta.get("task") or task), artifact_path=version_dir,
             pipeline=pipeline, base_model=meta.get("base_model"), data_fingerprint=(meta.get("train_data") or {}).get("sha256"),
             train_config={"model_version": ref.version, "seed": meta.get("seed"), "params": meta.get("params")},
-            metrics=meta.get("metrics") or {}, reason="bootstrap: the family's on-disk current version",
+            metrics=meta.get("metrics") or {}, reason=reason,
         )
-        return self.promote(name, version, "bootstrap: the family's on-disk current version")
 
     # ------------------------------------------------------------------ helpers
 

@@ -1,0 +1,316 @@
+"""Fine-tune a stage's champion on its labelled feedback, then let the gate decide.
+
+One call of `finetune()`:
+
+1. the registry's champion for the stage's model family (bootstrapped from the
+   family's on-disk `current` version when the family has no rows yet);
+2. the stage's feedback, split for good by each row's fingerprint: a row whose
+   sha256 falls below `holdout` is held out for the gate, every time, so no row is
+   trained on in one round and judged on in the next;
+3. training rows = the rest, plus `base_mix` x as many rows sampled (with `seed`) from
+   `base_data` against forgetting; the data fingerprint is the sha256 of the sorted
+   row fingerprints;
+4. a Ray task (one GPU when the cluster has one, else the free CPUs) trains the
+   candidate from the champion with the existing `worker.training` code and scores
+   candidate and champion on the same rows: the frozen `eval_data` plus the held-out
+   slice (`worker.lifecycle.evaluation`);
+5. the candidate is registered, and `worker.lifecycle.gate` promotes it (the registry
+   moves the `current` pointer; running stages switch at their next batch boundary)
+   or rejects it with the reason.
+
+Crash safety: the candidate's directory is complete before it is registered; a crash
+before registration leaves an unregistered directory and no registry change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.pipeline import ClassifyStage, FinetuneSpec, PipelineSpec, QaStage, SpamStage, TranslateStage
+from worker.errors import DataFileError, TextworkerError
+from worker.lifecycle import gate
+from worker.lifecycle.feedback import StoredFeedback, load_feedback, stage_labels
+from worker.lifecycle.registry import ModelRecord, ModelRegistry, family_dir
+from worker.models import loading
+
+log = logging.getLogger(__name__)
+StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+
+
+class FinetuneInterrupted(TextworkerError):
+    """A stop was requested while the fine-tune ran; nothing was registered."""
+
+    code = "TW502"
+
+
+@dataclass
+class FinetuneOptions:
+    """Command-line overrides of the stage's `finetune:` block."""
+
+    epochs: float | None = None
+    max_minutes: float | None = None
+    seed: int | None = None
+    base_data: str | None = None
+    ray_address: str | None = None
+
+
+@dataclass
+class FinetuneResult:
+    candidate: str | None
+    promoted: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    champion: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "promoted": self.promoted, "reason": self.reason, "metrics": self.metrics,
+                "model": self.model, "champion": self.champion, "train": self.train, "seconds": self.seconds}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def row_hash(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def is_held_out(fingerprint: str, holdout: float) -> bool:
+    """Stable split: the first 8 hex digits of the row's sha256, as a fraction of 16**8."""
+    return int(fingerprint[:8], 16) / 16**8 < holdout
+
+
+def data_fingerprint(fingerprints: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(fingerprints)).encode("ascii")).hexdigest()
+
+
+def feedback_example(stage: StageSpec, row: StoredFeedback) -> Any:
+    """A feedback row in the shape the stage type's training and scoring code takes."""
+    if isinstance(stage, ClassifyStage | SpamStage):
+        return (row.text, row.label)
+    if isinstance(stage, QaStage):
+        answer = row.answer or ""
+        return {"id": row.fingerprint[:16], "context": row.text, "question": row.question,
+                "answers": {"text": [answer], "answer_start": [row.text.find(answer)]}}
+    return (row.text, row.reference)
+
+
+def read_examples(stage: StageSpec, path: str, labels: list[str] | None) -> list[Any]:
+    """Examples of a data file (the `train --data` formats)."""
+    if not Path(path).is_file():
+        raise DataFileError(f"data file `{path}` does not exist", hint="fix the path in the stage's `finetune:` block")
+    try:
+        if isinstance(stage, ClassifyStage | SpamStage):
+            from worker.training.data import load_labelled
+
+            texts, golds = load_labelled(path, labels)
+            return list(zip(texts, golds))
+        if isinstance(stage, QaStage):
+            from worker.training.qa import load_squad
+
+            return list(load_squad(path))
+        from worker.training.translation import load_pairs
+
+        return list(load_pairs(path, stage.source_lang, stage.target_lang))
+    except ValueError as exc:
+        raise DataFileError(f"cannot read `{path}`: {exc}") from exc
+
+
+@dataclass
+class TrainingData:
+    train: list[Any]
+    heldout: list[Any]
+    frozen: list[Any]
+    fingerprint: str
+    counts: dict[str, int]
+
+
+def prepare_data(stage: StageSpec, rows: list[StoredFeedback], cfg: FinetuneSpec, labels: list[str] | None,
+                 base_data: str | None, seed: int) -> TrainingData:
+    train_rows = [r for r in rows if not is_held_out(r.fingerprint, cfg.holdout)]
+    heldout = [feedback_example(stage, r) for r in rows if is_held_out(r.fingerprint, cfg.holdout)]
+    train = [feedback_example(stage, r) for r in train_rows]
+    fingerprints = [r.fingerprint for r in train_rows]
+    base: list[Any] = []
+    if base_data and cfg.base_mix > 0 and train:
+        pool = read_examples(stage, base_data, labels)
+        base = random.Random(seed).sample(pool, min(len(pool), round(cfg.base_mix * len(train))))
+        fingerprints += [row_hash(example) for example in base]
+    frozen = read_examples(stage, cfg.eval_data, labels) if cfg.eval_data else []
+    combined = train + base
+    random.Random(seed).shuffle(combined)
+    counts = {"feedback": len(rows), "train_feedback": len(train), "base": len(base), "heldout": len(heldout), "frozen_eval": len(frozen)}
+    return TrainingData(combined, heldout, frozen, data_fingerprint(fingerprints), counts)
+
+
+# --------------------------------------------------------------------------- the Ray task
+
+
+def train_and_score(job: dict[str, Any]) -> dict[str, Any]:
+    """Runs in a Ray worker: train the candidate into `job["out"]`, score it and the champion on the same sets."""
+    from pydantic import TypeAdapter
+
+    from schemas.pipeline import StageSpec as StageUnion
+    from worker.lifecycle.evaluation import score_model
+
+    stage: StageSpec = TypeAdapter(StageUnion).validate_python(job["stage"])
+    started = time.perf_counter()
+    info = _train(stage, job)
+    info["train_seconds"] = round(time.perf_counter() - started, 1)
+    sets = {"frozen": job["frozen"], "heldout": job["heldout"]}
+    labels = job.get("labels")
+    return {"train": info, "candidate": score_model(stage, job["out"], sets, labels),
+            "champion": score_model(stage, job["base"], sets, labels)}
+
+
+def _train(stage: StageSpec, job: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {k: v for k, v in job["params"].items() if v is not None}
+    if isinstance(stage, ClassifyStage | SpamStage):
+        from worker.training.classify import train_classifier
+
+        texts, golds = [t for t, _ in job["train"]], [g for _, g in job["train"]]
+        return train_classifier(texts, golds, job["out"], base=job["base"], labels=job["labels"], **kwargs)
+    if isinstance(stage, QaStage):
+        from worker.training.qa import train_qa
+
+        return train_qa(job["train"], job["out"], base=job["base"], **kwargs)
+    from worker.training.translation import train_translation
+
+    kwargs.pop("batch_size", None)
+    kwargs.pop("max_length", None)
+    return train_translation([tuple(p) for p in job["train"]], job["out"], base=job["base"], **kwargs)
+
+
+def run_on_ray(job: dict[str, Any], *, address: str | None, stop: threading.Event | None) -> dict[str, Any]:
+    """`train_and_score(job)` as a Ray task; a set `stop` cancels it and raises FinetuneInterrupted."""
+    import ray
+
+    from worker.runtime.ray_pipeline import ensure_ray
+
+    ensure_ray(address)
+    total, free = ray.cluster_resources(), ray.available_resources()
+    gpus = 1 if total.get("GPU", 0) >= 1 else 0
+    cpus = max(1, min(int(free.get("CPU", 1)), int(total.get("CPU", 1))))
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(train_and_score)
+    ref = task.remote(job)
+    log.info("fine-tune task submitted", extra={"cpus": cpus, "gpus": gpus})
+    while True:
+        ready, _ = ray.wait([ref], timeout=1.0)
+        if ready:
+            try:
+                done: dict[str, Any] = ray.get(ref)
+                return done
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+                raise TextworkerError(f"fine-tuning failed: {type(cause).__name__}: {str(cause)[:500]}") from exc
+        if stop is not None and stop.is_set():
+            ray.cancel(ref, force=True)
+            raise FinetuneInterrupted("stopped while fine-tuning; no candidate was registered")
+
+
+# --------------------------------------------------------------------------- the whole step
+
+
+def _model_labels(champion_dir: str, labels: list[str] | None) -> list[str] | None:
+    """The champion head's label order when it holds the same labels (so its head is kept as is)."""
+    try:
+        config = json.loads((Path(champion_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return labels
+    id2label = config.get("id2label") or {}
+    ordered = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
+    return ordered if labels is None or set(ordered) == set(labels) else labels
+
+
+def _new_version(registry: ModelRegistry, name: str, family: Path) -> str:
+    stamp = "v" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    version, n = stamp, 1
+    while (family / version).exists() or registry.get(name, version) is not None:
+        n += 1
+        version = f"{stamp}-{n}"
+    return version
+
+
+def _params(stage: StageSpec, cfg: FinetuneSpec, options: FinetuneOptions, seed: int) -> dict[str, Any]:
+    return {"epochs": options.epochs if options.epochs is not None else cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "max_length": cfg.max_length, "max_minutes": options.max_minutes if options.max_minutes is not None else cfg.max_minutes,
+            "seed": seed}
+
+
+def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, options: FinetuneOptions | None = None,
+             stop: threading.Event | None = None) -> FinetuneResult:
+    """Train, score, register and gate one candidate for `stage_name` (see the module docstring)."""
+    options = options or FinetuneOptions()
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    stage = spec.stage(stage_name)
+    cfg = stage.finetune or FinetuneSpec()
+    champ = registry.bootstrap(stage, spec.name)
+    seed = options.seed if options.seed is not None else cfg.seed
+    labels = _model_labels(champ.artifact_path, stage_labels(stage)) if isinstance(stage, ClassifyStage | SpamStage) else None
+    rows = load_feedback(registry.engine, spec.name, stage.name)
+    data = prepare_data(stage, rows, cfg, labels, options.base_data or cfg.base_data, seed)
+    result = FinetuneResult(None, False, "", model=champ.name, champion=champ.version)
+    if data.counts["train_feedback"] < cfg.min_rows:
+        result.reason = f"{data.counts['train_feedback']} feedback rows to train on, fewer than min_rows {cfg.min_rows}; nothing trained"
+        return result
+    if not data.frozen and not data.heldout:
+        result.reason = "no evaluation rows: declare `finetune.eval_data` or collect more feedback; nothing trained"
+        return result
+    family = family_dir(stage.model)
+    assert family is not None
+    version = _new_version(registry, champ.name, family)
+    out = family / version
+    params = _params(stage, cfg, options, seed)
+    job = {"stage": stage.model_dump(mode="json", by_alias=True), "out": str(out), "base": champ.artifact_path,
+           "labels": labels, "params": params, "train": data.train, "heldout": data.heldout, "frozen": data.frozen}
+    scored = run_on_ray(job, address=options.ray_address, stop=stop)
+    params["started_at"] = started_at.isoformat()
+    record = _register(registry, spec, stage, champ, version, out, data, params, scored)
+    decision = gate.decide(scored["candidate"].get("all", {}), scored["champion"].get("all", {}), gate.rules_for(stage))
+    details = {"gate": decision.as_dict(), "candidate": scored["candidate"], "champion": scored["champion"]}
+    if decision.promote:
+        registry.promote(record.name, version, f"gate passed: {decision.reason}", details)
+    else:
+        registry.reject(record.name, version, f"gate: {decision.reason}", details)
+    result.candidate, result.promoted, result.reason = version, decision.promote, decision.reason
+    result.metrics = {"candidate": scored["candidate"], "champion": scored["champion"], "gate": decision.as_dict()}
+    result.train = {**scored["train"], "rows": data.counts, "data_fingerprint": data.fingerprint}
+    result.seconds = round(time.perf_counter() - started, 1)
+    log.info("fine-tune decided", extra={"model": record.name, "candidate": version, "promoted": decision.promote,
+                                         "reason": decision.reason})
+    return result
+
+
+def _register(registry: ModelRegistry, spec: PipelineSpec, stage: StageSpec, champ: ModelRecord, version: str, out: Path,
+              data: TrainingData, params: dict[str, Any], scored: dict[str, Any]) -> ModelRecord:
+    """Write the candidate's textworker.json, then add it to the registry as a candidate."""
+    meta_name = str(loading.read_metadata(champ.artifact_path).get("name") or champ.name)
+    train = scored["train"]
+    meta = {"name": meta_name, "version": version, "task": stage.type, "base_model": champ.artifact_path,
+            "parent_version": champ.version, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "train_data": {"source": "feedback", "rows": data.counts, "sha256": data.fingerprint},
+            **{k: v for k, v in train.items() if k != "metrics"}, "metrics": scored["candidate"].get("all", {})}
+    loading.write_metadata(out, meta)
+    train_config = {"model_version": f"{meta_name}@{version}", "seed": params["seed"], "started_at": params.pop("started_at"),
+                    "params": params,
+                    "split": {"method": "sha256(row) prefix < holdout", "holdout": (stage.finetune or FinetuneSpec()).holdout},
+                    "base_mix": (stage.finetune or FinetuneSpec()).base_mix, "rows": data.counts,
+                    "steps": train.get("steps"), "train_seconds": train.get("train_seconds")}
+    return registry.register(
+        name=champ.name, version=version, stage=stage.name, task=stage.type, artifact_path=out, pipeline=spec.name,
+        base_model=champ.artifact_path, parent_version=champ.version, data_fingerprint=data.fingerprint,
+        train_config=train_config, metrics={"eval": scored["candidate"], "champion_eval": scored["champion"]},
+        reason="fine-tuned from feedback",
+    )
