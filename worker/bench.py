@@ -4,7 +4,8 @@ All contenders run in one process, one after another, on the same model and the 
 documents: (a) textworker's batch run from a file into SQLite, (b) a transformers
 `pipeline()` called once per document, (c) the same `pipeline()` with batch_size=64,
 (d) Ray Data `map_batches` with an actor pool running the model, (e) the FLOP-bound
-limit: forward FLOPs per document against this machine's measured fp32 matmul peak.
+limit: forward FLOPs per document against this machine's measured matmul peak -- fp32
+on CPU, bf16 on CUDA (where every contender runs the model on the GPU in bf16).
 Model loading and Ray start-up are outside every timed region.
 """
 
@@ -40,16 +41,29 @@ def read_bench_texts(path: str | Path, limit: int | None) -> list[str]:
     return texts
 
 
-def matmul_peak_gflops(size: int = 1536, repeats: int = 8) -> float:
-    """Best observed fp32 matmul rate of this machine (all torch threads)."""
+def bench_device() -> str:
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def matmul_peak_gflops(size: int | None = None, repeats: int = 8, device: str = "cpu") -> float:
+    """Best observed matmul rate: fp32 on CPU (all torch threads), bf16 on CUDA (the tensor-core peak)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    size = size or (8192 if cuda else 1536)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.mm(a, b)
+    sync()
     best = 0.0
     for _ in range(repeats):
         started = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = max(best, 2 * size**3 / (time.perf_counter() - started))
     return best / 1e9
 
@@ -89,13 +103,21 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
     return summary.docs / summary.seconds
 
 
-def bench_hf(model_dir: str, texts: list[str], max_length: int, batch_size: int | None) -> float:
+def _hf_model(model_dir: str, device: str) -> Any:
+    """The classifier as a plain transformers user would load it: bf16 on CUDA, fp32 on CPU."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    from transformers import AutoModelForSequenceClassification
+
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True, dtype=dtype).to(device).eval()
+
+
+def bench_hf(model_dir: str, texts: list[str], max_length: int, batch_size: int | None, device: str = "cpu") -> float:
+    import torch
+    from transformers import AutoTokenizer, pipeline
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-    classify = pipeline("text-classification", model=model, tokenizer=tokenizer, device=-1)
+    classify = pipeline("text-classification", model=_hf_model(model_dir, device), tokenizer=tokenizer, device=torch.device(device))
     kwargs = {"truncation": True, "max_length": max_length}
     with torch.inference_mode():
         classify(texts[:4], **kwargs)
@@ -105,13 +127,14 @@ def bench_hf(model_dir: str, texts: list[str], max_length: int, batch_size: int 
 
 
 class _RayDataClassifier:
-    def __init__(self, model_dir: str, max_length: int, threads: int) -> None:
+    def __init__(self, model_dir: str, max_length: int, threads: int, device: str = "cpu") -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+        self.model = _hf_model(model_dir, device)
+        self.device = device
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -119,11 +142,12 @@ class _RayDataClassifier:
 
         encoded = self.tokenizer(list(batch["text"]), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         with torch.inference_mode():
-            batch["label"] = self.model(**encoded).logits.argmax(-1).numpy()
+            logits = self.model(**{k: v.to(self.device) for k, v in encoded.items()}).logits
+            batch["label"] = logits.argmax(-1).cpu().numpy()
         return batch
 
 
-def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int) -> float:
+def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int, device: str = "cpu") -> float:
     import ray
 
     from worker.runtime.ray_pipeline import ensure_ray
@@ -131,7 +155,8 @@ def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: in
     ensure_ray()
     threads = max(1, (os.cpu_count() or 1) // actors)
     warm = ray.data.from_items([{"text": t} for t in texts[:8]])
-    ctx: dict[str, Any] = {"fn_constructor_args": (model_dir, max_length, threads), "batch_size": 64, "num_cpus": threads, "concurrency": actors}
+    ctx: dict[str, Any] = {"fn_constructor_args": (model_dir, max_length, threads, device), "batch_size": 64, "concurrency": actors}
+    ctx.update({"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads})
     warm.map_batches(_RayDataClassifier, **ctx).materialize()
     dataset = ray.data.from_items([{"text": t} for t in texts])
     return _timed(lambda: dataset.map_batches(_RayDataClassifier, **ctx).materialize(), len(texts))
@@ -151,14 +176,15 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str, limit: int | None,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     config = AutoConfig.from_pretrained(model_dir)
-    peak = matmul_peak_gflops()
+    device = bench_device()
+    peak = matmul_peak_gflops(device=device)
     flops = sum(forward_flops(config, n) for n in tokens) / len(texts)
     rates: dict[str, float] = {"roofline": peak * 1e9 / flops}
     runners: dict[str, Callable[[], float]] = {
         "textworker": lambda: bench_textworker(stage_spec, texts, Path(workdir)),
-        "hf_per_doc": lambda: bench_hf(model_dir, texts, max_length, None),
-        "hf_batched": lambda: bench_hf(model_dir, texts, max_length, 64),
-        "ray_data": lambda: bench_ray_data(model_dir, texts, max_length, actors=1),
+        "hf_per_doc": lambda: bench_hf(model_dir, texts, max_length, None, device),
+        "hf_batched": lambda: bench_hf(model_dir, texts, max_length, 64, device),
+        "ray_data": lambda: bench_ray_data(model_dir, texts, max_length, actors=1, device=device),
     }
     with tempfile.TemporaryDirectory() as workdir:
         for name in contenders:
@@ -167,23 +193,36 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str, limit: int | None,
     tw = rates.get("textworker")
     ratios = {name: round(tw / rate, 3) for name, rate in rates.items() if tw and name != "textworker"}
     return {
-        "model": model_dir, "docs": len(texts), "mean_tokens": round(sum(tokens) / len(tokens), 1),
-        "max_length": max_length, "torch_threads": torch.get_num_threads(), "matmul_peak_gflops": round(peak, 1),
-        "forward_gflop_per_doc": round(flops / 1e9, 4), "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
-        "textworker_over": ratios,
+        "model": model_dir, "parameters": _parameters(config), "docs": len(texts), "mean_tokens": round(sum(tokens) / len(tokens), 1),
+        "max_length": max_length, "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "torch_threads": torch.get_num_threads(), "peak_dtype": "bf16" if device == "cuda" else "fp32",
+        "matmul_peak_gflops": round(peak, 1), "forward_gflop_per_doc": round(flops / 1e9, 4),
+        "docs_per_s": {k: round(v, 2) for k, v in rates.items()}, "textworker_over": ratios,
+        "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None,
     }
+
+
+def _parameters(config: Any) -> int:
+    """Parameters of the encoder the config describes (embeddings + layers), without building it."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    inter = getattr(config, "intermediate_size", 4 * h)
+    embeddings = (config.vocab_size + getattr(config, "max_position_embeddings", 512)) * h
+    return int(embeddings + layers * (4 * h * h + 2 * h * inter + 9 * h + inter))
 
 
 def render_bench(result: dict[str, Any]) -> str:
     rates = result["docs_per_s"]
     tw = rates.get("textworker")
+    where = result.get("gpu") or f"{result['torch_threads']} torch threads"
     lines = [
         f"bench: {result['docs']} documents, mean {result['mean_tokens']} tokens (max {result['max_length']}), "
-        f"{result['torch_threads']} torch threads, fp32 matmul peak {result['matmul_peak_gflops']} GFLOP/s",
-        f"model: {result['model']}",
+        f"{where}, {result['peak_dtype']} matmul peak {result['matmul_peak_gflops']} GFLOP/s",
+        f"model: {result['model']} ({result['parameters'] / 1e6:.1f}M parameters)",
         f"{'contender':<12} {'docs/s':>10} {'textworker ÷ this':>18}",
     ]
     for name, rate in rates.items():
         ratio = f"{tw / rate:.2f}x" if tw and name != "textworker" else ""
         lines.append(f"{name:<12} {rate:>10.1f} {ratio:>18}")
+    if result.get("roofline_fraction") is not None:
+        lines.append(f"textworker reaches {100 * result['roofline_fraction']:.1f}% of the {result['peak_dtype']} roofline")
     return "\n".join(lines)

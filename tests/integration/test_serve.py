@@ -7,6 +7,7 @@ documents and 64 KiB per request, 2,000 characters per document.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -176,3 +177,15 @@ def test_health_readiness_and_openapi(served: Served) -> None:
     assert "post" in schema["paths"]["/v1/documents"]
     assert {"400", "413", "422", "429"} <= set(schema["paths"]["/v1/documents"]["post"]["responses"])
     assert requests.get(served.url + "/docs", timeout=30).status_code == 200
+
+
+def test_the_rayservice_builder_builds_the_gpu_pipeline_on_a_cpu_cluster(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    from ray.serve import Application
+
+    from worker.serving.app import app_builder
+
+    repo = Path(__file__).resolve().parents[2]
+    with caplog.at_level(logging.WARNING):
+        app = app_builder({"pipeline": str(repo / "pipelines" / "gpu.yaml"), "store": False})
+    assert isinstance(app, Application)
+    assert sum("GPU" in r.getMessage() for r in caplog.records) == 4  # every stage moved to CPU, with a warning

@@ -59,3 +59,18 @@ def test_calls_sharing_a_batch_keep_their_own_ids() -> None:
     first, second = split_outcomes(outcomes, owners, 2)
     assert [(o.doc_id, o.label) for o in first] == [("x", "a")]  # type: ignore[union-attr]
     assert {(o.doc_id if isinstance(o, StageResult) else o.ref) for o in second} == {"x", "y"}
+
+
+def test_builder_args_pick_the_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.serving.app import settings_from_args
+    from worker.serving.settings import ServeArgs
+
+    spec = PipelineSpec(name="p", source=FileSource(path="x"), stages=[_stage()], sink={"url": "sqlite:///sink.db"})  # type: ignore[arg-type]
+    monkeypatch.delenv("TEXTWORKER_DATABASE_URL", raising=False)
+    assert settings_from_args(ServeArgs(pipeline="p.yaml"), spec).database_url == "sqlite:///sink.db"
+    monkeypatch.setenv("TEXTWORKER_DATABASE_URL", "sqlite:///env.db")
+    assert settings_from_args(ServeArgs(pipeline="p.yaml"), spec).database_url == "sqlite:///env.db"
+    assert settings_from_args(ServeArgs(pipeline="p.yaml", database_url="sqlite:///arg.db"), spec).database_url == "sqlite:///arg.db"
+    assert settings_from_args(ServeArgs(pipeline="p.yaml", store=False, max_concurrent=3), spec).database_url is None
+    with pytest.raises(ValueError):
+        ServeArgs.model_validate({"pipeline": "p.yaml", "max_concurent": 3})

@@ -19,6 +19,7 @@ SIZES: dict[str, dict[str, int]] = {
     "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
 }
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+ROBERTA_BASE_VOCAB = 50265  # roberta-base's embedding rows
 
 
 def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size: int = 8000, max_length: int = 512) -> Any:
@@ -41,24 +42,30 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size
 
 
 def roberta_config(tokenizer: Any, size: str = "tiny", max_length: int = 512, **overrides: Any) -> Any:
+    """`overrides` may set `vocab_size` above the tokenizer's (extra embedding rows, never used)."""
     from transformers import RobertaConfig
 
+    vocab_size = max(len(tokenizer), overrides.pop("vocab_size", 0))
     return RobertaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=max_length + 2, type_vocab_size=1,
+        vocab_size=vocab_size, max_position_embeddings=max_length + 2, type_vocab_size=1,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, **{**SIZES[size], **overrides},
     )
 
 
 def build_roberta(texts: Iterable[str], out_dir: str | Path, *, size: str = "tiny", vocab_size: int = 8000,
-                  max_length: int = 512, seed: int = 0) -> Path:
-    """Tokenizer + untrained `RobertaForMaskedLM`; fine-tune or MLM-pretrain it next."""
+                  max_length: int = 512, seed: int = 0, embedding_rows: int = 0) -> Path:
+    """Tokenizer + untrained `RobertaForMaskedLM`; fine-tune or MLM-pretrain it next.
+
+    `embedding_rows` pads the embedding matrix to that many rows (50265 with `size="base"`
+    gives exactly roberta-base's shapes and 125M parameters, e.g. for benchmarks).
+    """
     import torch
     from transformers import RobertaForMaskedLM
 
     torch.manual_seed(seed)
     tokenizer = train_bpe_tokenizer(texts, out_dir, vocab_size=vocab_size, max_length=max_length)
-    model = RobertaForMaskedLM(roberta_config(tokenizer, size, max_length))
+    model = RobertaForMaskedLM(roberta_config(tokenizer, size, max_length, vocab_size=embedding_rows))
     model.save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
 
