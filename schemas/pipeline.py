@@ -255,6 +255,32 @@ class FinetuneSpec(StrictModel):
     schedule: FinetuneSchedule | None = None
 
 
+class ReviewSpec(StrictModel):
+    """Active learning: a stage's least confident predictions go to people (`textworker review`).
+
+    A prediction is routed when its confidence (the probability of the predicted label)
+    is below `below`, or the gap between the two most likely labels is below `margin`;
+    with `labels`, only predictions of those labels. The budget caps the queue: never
+    more than `max_open` open items for the stage, never more than `per_day` new items a
+    UTC day; when a batch brings more candidates than the budget has room for, the least
+    confident win.
+    """
+
+    below: float | None = Field(default=0.6, gt=0, le=1, description="Route predictions less confident than this.")
+    margin: float | None = Field(default=None, gt=0, le=1, description="Route when top-1 minus top-2 probability is smaller.")
+    max_open: int | None = Field(default=100, ge=1, description="Most open items the stage may have.")
+    per_day: int | None = Field(default=None, ge=1, description="Most items queued per UTC day.")
+    labels: list[str] | None = Field(default=None, description="Only route predictions of these labels.")
+
+    @model_validator(mode="after")
+    def _has_rule_and_budget(self) -> ReviewSpec:
+        if self.below is None and self.margin is None:
+            raise ValueError("a review block needs `below`, `margin`, or both")
+        if self.max_open is None and self.per_day is None:
+            raise ValueError("a review block needs a budget: `max_open`, `per_day`, or both")
+        return self
+
+
 class StageBase(StrictModel):
     name: str = Field(pattern=STAGE_NAME_PATTERN)
     model: str = Field(min_length=1, description="Local model directory or hub id.")
@@ -295,6 +321,15 @@ class ClassifyStage(StageBase):
     )
     multi_label: bool = False
     threshold: float = Field(default=0.5, ge=0, le=1, description="multi_label cut-off")
+    review: ReviewSpec | None = Field(default=None, description="Route low-confidence predictions to people.")
+
+    @model_validator(mode="after")
+    def _review_fits(self) -> ClassifyStage:
+        if self.review is not None and self.multi_label:
+            raise ValueError("`review` works on single-label stages; a multi_label stage has no single confidence")
+        if self.review is not None and self.review.labels and self.labels and set(self.review.labels) - set(self.labels):
+            raise ValueError(f"`review.labels` names labels the stage does not have (labels: {', '.join(self.labels)})")
+        return self
 
 
 class SpamStage(StageBase):
@@ -304,6 +339,13 @@ class SpamStage(StageBase):
     spam_label: str = "spam"
     ham_label: str = "ham"
     threshold: float = Field(default=0.5, ge=0, le=1)
+    review: ReviewSpec | None = Field(default=None, description="Route low-confidence predictions to people.")
+
+    @model_validator(mode="after")
+    def _review_labels_fit(self) -> SpamStage:
+        if self.review is not None and self.review.labels and set(self.review.labels) - {self.spam_label, self.ham_label}:
+            raise ValueError(f"`review.labels` may name only `{self.ham_label}` and `{self.spam_label}`")
+        return self
 
 
 class QaStage(StageBase):

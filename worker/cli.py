@@ -130,6 +130,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="store served results here (default: as `run`); `none` stores nothing")
     _add_common(p)
 
+    p = sub.add_parser("review", help="the active-learning review queue: list low-confidence predictions, label them")
+    rsub = p.add_subparsers(dest="review_command", required=True)
+    r = rsub.add_parser("list", help="a stage's review items, least confident first")
+    r.add_argument("pipeline")
+    r.add_argument("--stage", required=True)
+    r.add_argument("--status", default="open", choices=["open", "labelled", "skipped", "all"])
+    r.add_argument("--limit", type=int, default=50)
+    r.add_argument("--database-url", help="default: $TEXTWORKER_DATABASE_URL, then the pipeline's sink")
+    _add_common(r)
+    for verb, text in (("label", "label an item; the label goes to the feedback table"), ("skip", "close an item without a label")):
+        r = rsub.add_parser(verb, help=text)
+        r.add_argument("pipeline")
+        r.add_argument("--stage", required=True)
+        r.add_argument("--doc", required=True, help="the item's document id")
+        if verb == "label":
+            r.add_argument("--label", required=True, help="one of the stage's labels")
+        r.add_argument("--who", default=os.environ.get("USER"), help="who labelled it (default $USER)")
+        r.add_argument("--database-url", help="default: $TEXTWORKER_DATABASE_URL, then the pipeline's sink")
+        _add_common(r)
+
+    p = sub.add_parser("pretrain", help="continue masked-LM pretraining of a stage's encoder on unlabelled text")
+    p.add_argument("pipeline")
+    p.add_argument("--stage", required=True)
+    p.add_argument("--data", required=True, nargs="+", help="TSV/JSONL/plain-text files of unlabelled documents")
+    p.add_argument("--out", help="version directory (default: a new version of models/<family>-mlm)")
+    p.add_argument("--base", help="encoder to start from (default: the stage's model)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-minutes", type=float, help="stop training after this wall-clock budget")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--holdout", type=float, default=0.1, help="share of the texts held out for perplexity")
+    p.add_argument("--limit", type=int, help="use only the first N texts")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
     from worker.dashboard.commands import add_dashboard_parser
 
     add_dashboard_parser(sub, _add_common)
@@ -144,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from worker import commands
     from worker.dashboard import commands as dashboard_commands
+    from worker.lifecycle import commands as lifecycle_commands
+    from worker.lifecycle import review_commands
     from worker.serving import commands as serve_commands
     from worker.training import commands as training_commands
+    from worker.training.pretrain import cmd_pretrain
 
     return {
         "run": dashboard_commands.run_with_metrics(commands.cmd_run),
@@ -160,6 +200,8 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "feedback": lifecycle_commands.cmd_feedback,
         "finetune": lifecycle_commands.cmd_finetune,
         "schedule": lifecycle_commands.cmd_schedule,
+        "review": review_commands.cmd_review,
+        "pretrain": cmd_pretrain,
         "serve": serve_commands.cmd_serve,
     }
 

@@ -34,9 +34,11 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, *, vocab_size
     with tempfile.TemporaryDirectory() as tmp:
         bpe.save_model(tmp)
         tokenizer = RobertaTokenizerFast(
-            vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
+            vocab=str(Path(tmp) / "vocab.json"), merges=str(Path(tmp) / "merges.txt"),  # transformers 5 names
             model_max_length=max_length,
         )
+    if len(tokenizer) != bpe.get_vocab_size():
+        raise RuntimeError(f"the RoBERTa tokenizer lost its BPE vocabulary ({len(tokenizer)} of {bpe.get_vocab_size()} tokens)")
     tokenizer.save_pretrained(out)
     return tokenizer
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.lifecycle.review import review_items
 from worker.logs import bind_log_context, log_context, unbind_log_context
 from worker.models.swap import follow_champions
 from worker.observability import metrics
@@ -134,7 +135,7 @@ def run_pipeline(
 
     def store(docs: list[Document], letters: list[DeadLetter], results: list[StageResult], items_in_chunk: int) -> None:
         with metrics.time_sink(spec.name):
-            sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters))
+            sink.write(SinkBatch(documents=docs, results=results, dead_letters=letters, reviews=review_items(spec, docs, results)))
         metrics.observe_chunk(spec.name, items=items_in_chunk, docs=len(docs), letters=letters)
         for letter in letters:
             log.info("dead letter", extra={"doc_id": letter.ref, "stage": letter.stage, "reason": letter.reason})

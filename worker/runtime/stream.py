@@ -76,6 +76,7 @@ from kafka.structs import TopicPartition
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
+from worker.lifecycle.review import review_items
 from worker.logs import bind_log_context, unbind_log_context
 from worker.models.swap import follow_champions
 from worker.observability import metrics
@@ -212,7 +213,8 @@ class StreamRunner:
         docs, letters = unique_docs(polled.items)
         results, stage_letters = apply_stages(self.stages, self.spec, docs, self.summary)
         letters += stage_letters
-        self._write(SinkBatch(documents=docs, results=results, dead_letters=letters, offsets=self._offsets(polled.next_offsets)))
+        self._write(SinkBatch(documents=docs, results=results, dead_letters=letters, offsets=self._offsets(polled.next_offsets),
+                               reviews=review_items(self.spec, docs, results)))
         self.source.commit(polled.next_offsets)
         self._publish(docs, results, letters, polled.next_offsets)
         metrics.observe_chunk(self.spec.name, items=len(polled), docs=len(docs), letters=letters)

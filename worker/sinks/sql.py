@@ -4,7 +4,8 @@ Delivery contract: `write(batch)` stores everything in the batch in ONE transact
 or nothing. Rows are upserted on their natural keys (doc_id; pipeline+doc_id+stage;
 pipeline+ref+stage), so writing the same batch twice leaves the same rows. Offsets
 in the batch are stored in that same transaction, so after a crash at any line the
-stored offsets never run ahead of the stored results.
+stored offsets never run ahead of the stored results. Review-queue items (low-confidence
+results, see `worker.lifecycle.review`) are queued in that same transaction too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -27,6 +28,9 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_neve
 from schemas.documents import DeadLetter, Document, StageResult
 from worker.errors import SinkError
 from worker.sinks import tables
+
+if TYPE_CHECKING:
+    from worker.lifecycle.review import ReviewItem
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -46,9 +50,10 @@ class SinkBatch:
     results: list[StageResult] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     offsets: list[Offset] = field(default_factory=list)
+    reviews: list[ReviewItem] = field(default_factory=list)  # low-confidence results to queue for people
 
     def __bool__(self) -> bool:
-        return bool(self.documents or self.results or self.dead_letters or self.offsets)
+        return bool(self.documents or self.results or self.dead_letters or self.offsets or self.reviews)
 
 
 def make_engine(url: str) -> Engine:
@@ -171,6 +176,10 @@ class SqlResultSink:
             self._upsert_results(conn, batch.results)
             self._upsert_dead_letters(conn, batch.dead_letters)
             self._upsert_offsets(conn, batch.offsets)
+            if batch.reviews:
+                from worker.lifecycle.review import enqueue
+
+                enqueue(conn, self.pipeline, batch.reviews)
 
     def start_run(self, stats: dict[str, Any] | None = None) -> None:
         row = {"run_id": self.run_id, "pipeline": self.pipeline, "status": "running", "started_at": _now(), "stats": stats or {}}

@@ -1,0 +1,234 @@
+"""Active learning: low-confidence predictions go to a review queue; people label them.
+
+Routing (`review_items`) is a pure function of a batch's results and the stages'
+`review:` blocks. Queueing (`enqueue`) runs inside the sink's transaction for the
+same batch, so an item is queued if and only if its result is stored, and a batch
+written twice queues nothing twice:
+
+- one item per (pipeline, stage, doc_id); a document that was queued before (open,
+  labelled or skipped) is never queued again and costs no budget;
+- the budget is checked in the transaction: open items never exceed `max_open`, items
+  queued in a UTC day never exceed `per_day`. On PostgreSQL the stage's queue is locked
+  (transaction advisory lock) while counting, so concurrent workers cannot overshoot;
+  SQLite serialises writers anyway. When a batch brings more candidates than there is
+  room for, the least confident are queued.
+
+Labelling (`label_item`) validates the label against the stage's labels, stores it as
+`feedback` (source `review`, the feedback module's fingerprint, so a label given twice
+is stored once) and then marks the item labelled. A crash between the two leaves the
+feedback stored and the item open; labelling again completes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from schemas.documents import Document, StageResult
+from schemas.pipeline import ClassifyStage, PipelineSpec, ReviewSpec, SpamStage
+from worker.errors import TextworkerError
+from worker.sinks import tables
+
+_q = tables.review_queue
+OPEN, LABELLED, SKIPPED = "open", "labelled", "skipped"
+
+
+class ReviewError(TextworkerError):
+    """A review command that cannot be done (unknown item, label not in the stage's set...)."""
+
+    code = "TW601"
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A prediction the stage is unsure of, with the stage's budget."""
+
+    stage: str
+    doc_id: str
+    text: str
+    predicted: str | None
+    confidence: float
+    margin: float
+    model_version: str
+    budget: ReviewSpec
+
+
+def confidence_of(stage: ClassifyStage | SpamStage, result: StageResult) -> tuple[float, float]:
+    """(probability of the predicted label, top-1 minus top-2 probability) of one result."""
+    if isinstance(stage, SpamStage):
+        p_spam = float(result.output.get("spam_probability", result.score or 0.0))
+        confidence = p_spam if result.label == stage.spam_label else 1.0 - p_spam
+        return confidence, abs(2 * p_spam - 1)
+    probs = sorted((float(p) for p in (result.output.get("scores") or {}).values()), reverse=True)
+    if not probs:
+        return float(result.score or 0.0), 1.0
+    return probs[0], probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+
+
+def _routed(review: ReviewSpec, label: str | None, confidence: float, margin: float) -> bool:
+    if review.labels and label not in review.labels:
+        return False
+    return (review.below is not None and confidence < review.below) or (review.margin is not None and margin < review.margin)
+
+
+def review_items(spec: PipelineSpec, docs: Sequence[Document], results: Iterable[StageResult]) -> list[ReviewItem]:
+    """The results of a batch that the stages' `review:` blocks route to people."""
+    stages = {s.name: s for s in spec.stages if isinstance(s, ClassifyStage | SpamStage) and s.review is not None}
+    if not stages:
+        return []
+    texts = {d.id: d.text for d in docs}
+    items: list[ReviewItem] = []
+    for result in results:
+        stage = stages.get(result.stage)
+        if stage is None or stage.review is None or result.doc_id not in texts:
+            continue
+        confidence, margin = confidence_of(stage, result)
+        if _routed(stage.review, result.label, confidence, margin):
+            items.append(ReviewItem(stage.name, result.doc_id, texts[result.doc_id], result.label, confidence, margin,
+                                    result.model_version, stage.review))
+    return items
+
+
+# --------------------------------------------------------------------------- queueing (inside the sink's transaction)
+
+
+def _lock_queue(conn: Connection, pipeline: str, stage: str) -> None:
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"review:{pipeline}:{stage}".encode()).digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _room(conn: Connection, pipeline: str, stage: str, budget: ReviewSpec, now: datetime) -> int:
+    room = None
+    mine = (_q.c.pipeline == pipeline) & (_q.c.stage == stage)
+    if budget.max_open is not None:
+        open_now = conn.execute(sa.select(sa.func.count()).where(mine, _q.c.status == OPEN)).scalar_one()
+        room = budget.max_open - int(open_now)
+    if budget.per_day is not None:
+        midnight = datetime.combine(now.date(), time(0), tzinfo=UTC)
+        today = conn.execute(sa.select(sa.func.count()).where(mine, _q.c.created_at >= midnight)).scalar_one()
+        room = min(room if room is not None else budget.per_day, budget.per_day - int(today))
+    return max(0, room if room is not None else 0)
+
+
+def _insert_new(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(_q).on_conflict_do_nothing(index_elements=["pipeline", "stage", "doc_id"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(_q).on_conflict_do_nothing(index_elements=["pipeline", "stage", "doc_id"])
+    return _q.insert().prefix_with("IGNORE")
+
+
+def enqueue(conn: Connection, pipeline: str, items: Sequence[ReviewItem]) -> int:
+    """Queue what the budgets allow (see the module docstring); returns how many items were added."""
+    by_stage: dict[str, dict[str, ReviewItem]] = {}
+    for item in items:
+        kept = by_stage.setdefault(item.stage, {}).get(item.doc_id)
+        if kept is None or item.confidence < kept.confidence:
+            by_stage[item.stage][item.doc_id] = item
+    now = datetime.now(UTC)
+    added = 0
+    for stage, candidates in sorted(by_stage.items()):
+        _lock_queue(conn, pipeline, stage)
+        known = set(conn.execute(sa.select(_q.c.doc_id).where(
+            _q.c.pipeline == pipeline, _q.c.stage == stage, _q.c.doc_id.in_(list(candidates)))).scalars())
+        fresh = sorted((i for d, i in candidates.items() if d not in known), key=lambda i: (i.confidence, i.doc_id))
+        if not fresh:
+            continue
+        chosen = fresh[: _room(conn, pipeline, stage, fresh[0].budget, now)]
+        rows = [{"pipeline": pipeline, "stage": stage, "doc_id": i.doc_id, "text": i.text.replace("\x00", ""),
+                 "predicted": i.predicted[:256] if i.predicted is not None else None, "score": round(i.confidence, 6),
+                 "model_version": i.model_version[:128], "status": OPEN, "created_at": now} for i in chosen]
+        if rows:
+            conn.execute(_insert_new(conn.dialect.name), rows)
+            added += len(rows)
+    return added
+
+
+# --------------------------------------------------------------------------- reading and labelling
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """One `review_queue` row; `score` is the model's confidence in `predicted`."""
+
+    doc_id: str
+    stage: str
+    text: str
+    predicted: str | None
+    score: float | None
+    model_version: str
+    status: str
+    label: str | None
+    who: str | None
+    created_at: datetime
+    labelled_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def list_items(engine: Engine, pipeline: str, stage: str, status: str | None = OPEN, limit: int | None = None) -> list[QueuedItem]:
+    """Items of a stage, least confident first (`status=None`: every status)."""
+    fields = [getattr(_q.c, name) for name in QueuedItem.__dataclass_fields__]
+    query = sa.select(*fields).where(_q.c.pipeline == pipeline, _q.c.stage == stage)
+    if status is not None:
+        query = query.where(_q.c.status == status)
+    query = query.order_by(_q.c.score.asc(), _q.c.id.asc()).limit(limit)
+    with engine.connect() as conn:
+        return [QueuedItem(**dict(r._mapping)) for r in conn.execute(query)]
+
+
+def _get(engine: Engine, pipeline: str, stage: str, doc_id: str) -> QueuedItem:
+    fields = [getattr(_q.c, name) for name in QueuedItem.__dataclass_fields__]
+    query = sa.select(*fields).where(_q.c.pipeline == pipeline, _q.c.stage == stage, _q.c.doc_id == doc_id)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise ReviewError(f"stage `{stage}` of pipeline `{pipeline}` has no review item for document `{doc_id}`",
+                          hint=f"`textworker review list PIPELINE --stage {stage}` shows the open items")
+    return QueuedItem(**dict(row._mapping))
+
+
+def label_item(engine: Engine, pipeline: str, stage: ClassifyStage | SpamStage, doc_id: str, label: str,
+               who: str | None = None) -> QueuedItem:
+    """Label an item: store the label as feedback (source `review`), then mark the item labelled."""
+    from worker.lifecycle.feedback import FeedbackRow, stage_labels, store_rows
+
+    allowed = stage_labels(stage)
+    label = label.strip()
+    if allowed and label not in allowed:
+        raise ReviewError(f"label `{label}` is not one of stage `{stage.name}`'s labels: {', '.join(allowed)}",
+                          hint="use one of the stage's labels (its `labels`, or spam_label/ham_label)")
+    item = _get(engine, pipeline, stage.name, doc_id)
+    if item.status == LABELLED and item.label != label:
+        raise ReviewError(f"document `{doc_id}` was already labelled `{item.label}` by {item.who or 'someone'}",
+                          hint="a correction is new feedback: textworker feedback import")
+    store_rows(engine, pipeline, [FeedbackRow(stage=stage.name, text=item.text, label=label, doc_id=doc_id, who=who)],
+               source="review", who=who)
+    return _set_status(engine, pipeline, stage.name, doc_id, LABELLED, label=label, who=who)
+
+
+def skip_item(engine: Engine, pipeline: str, stage: str, doc_id: str, who: str | None = None) -> QueuedItem:
+    """Close an open item without a label (it frees budget and is never queued again)."""
+    item = _get(engine, pipeline, stage, doc_id)
+    if item.status == LABELLED:
+        raise ReviewError(f"document `{doc_id}` is already labelled `{item.label}`; it cannot be skipped")
+    return _set_status(engine, pipeline, stage, doc_id, SKIPPED, label=None, who=who)
+
+
+def _set_status(engine: Engine, pipeline: str, stage: str, doc_id: str, status: str, *, label: str | None, who: str | None) -> QueuedItem:
+    where = (_q.c.pipeline == pipeline) & (_q.c.stage == stage) & (_q.c.doc_id == doc_id)
+    with engine.begin() as conn:
+        conn.execute(_q.update().where(where).values(status=status, label=label, who=who, labelled_at=datetime.now(UTC)))
+    return _get(engine, pipeline, stage, doc_id)
