@@ -11,6 +11,7 @@ Model loading and Ray start-up are outside every timed region.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -162,7 +163,16 @@ def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: in
     return _timed(lambda: dataset.map_batches(_RayDataClassifier, **ctx).materialize(), len(texts))
 
 
-def run_bench(spec: PipelineSpec, stage_name: str, data: str, limit: int | None, contenders: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
+def read_bench_mix(paths: str | list[str], limit: int | None) -> list[str]:
+    """Texts of several files interleaved (one from each in turn), so short and long documents mix."""
+    if isinstance(paths, str):
+        return read_bench_texts(paths, limit)
+    sources = [read_bench_texts(p, limit) for p in paths]
+    mixed = [text for row in itertools.zip_longest(*sources) for text in row if text is not None]
+    return mixed[:limit] if limit is not None else mixed
+
+
+def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit: int | None, contenders: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
     """Measure every contender on the same texts; returns the JSON the CLI prints."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -171,7 +181,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str, limit: int | None,
     if not isinstance(stage_spec, ClassifyStage | SpamStage):
         raise ValueError(f"bench measures classify/spam stages; `{stage_name}` is {stage_spec.type}")
     model_dir = loading.resolve(stage_spec.model).location
-    texts = read_bench_texts(data, limit)
+    texts = read_bench_mix(data, limit)
     max_length = stage_spec.max_length
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="a stage's docs/s against plain transformers, Ray Data and the FLOP limit")
     p.add_argument("pipeline")
     p.add_argument("--stage", required=True)
-    p.add_argument("--data", required=True, help="TSV (text/label) or JSONL with `text`")
+    p.add_argument("--data", required=True, nargs="+", help="TSV (text/label) or JSONL with `text`; several files are interleaved")
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--only", nargs="*", default=["textworker", "hf_per_doc", "hf_batched", "ray_data"],
                    choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
