@@ -200,6 +200,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         for name in contenders:
             progress(f"measuring {name} on {len(texts)} documents")
             rates[name] = runners[name]()
+            progress(f"  {name}: {rates[name]:.1f} docs/s")
     tw = rates.get("textworker")
     ratios = {name: round(tw / rate, 3) for name, rate in rates.items() if tw and name != "textworker"}
     return {

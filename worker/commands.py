@@ -187,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import render_bench, run_bench
 
     spec = load_pipeline(args.pipeline)
-    say = (lambda message: None) if (args.quiet or args.json) else (lambda message: print(message, file=sys.stderr))
+    say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say)
     emit(args, result, render_bench(result))
     return 0
