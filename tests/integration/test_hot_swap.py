@@ -8,8 +8,10 @@ so a row produced by one version but labelled with the other cannot pass.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from schemas.documents import Document
-from schemas.pipeline import FileSource, PipelineSpec, SpamStage, SqlSink
+from schemas.pipeline import FileSource, KafkaSource, PipelineSpec, SpamStage, SqlSink
 from worker.models import loading
 from worker.runtime.local import RunSummary, new_run_id, run_pipeline
 from worker.sinks.sql import SqlResultSink, normalise_url
@@ -136,10 +138,10 @@ def _rows(url: str) -> list[tuple[str, str, float]]:
     return [(r.doc_id, r.model_version, r.score) for r in rows]
 
 
-def _check(url: str, summary: RunSummary, source: PromotingSource, expected: dict[str, dict[str, float]], runs: list[str]) -> None:
+def _check(url: str, summary: RunSummary, count: int, expected: dict[str, dict[str, float]], runs: list[str]) -> None:
     rows = _rows(url)
-    assert summary.docs == source.count == len(rows)  # nothing dropped, nothing twice
-    assert [r[0] for r in rows] == [f"d{i:05d}" for i in range(source.count)]
+    assert summary.docs == count == len(rows)  # nothing dropped, nothing twice
+    assert [r[0] for r in rows] == [f"d{i:05d}" for i in range(count)]
     sequence = [version for _, version, _ in rows]
     transitions = [v for i, v in enumerate(sequence) if i == 0 or v != sequence[i - 1]]
     assert transitions == runs, transitions
@@ -158,7 +160,7 @@ def test_local_run_follows_pointer_promotion_and_rollback(family: Path, expected
     source = PromotingSource(sqlite_url, steps)
     with caplog.at_level(logging.INFO, logger="worker.models.swap"):
         summary = _run(_spec(family, sqlite_url), source)
-    _check(sqlite_url, summary, source, expected, ["spam@v1", "spam@v2", "spam@v1"])
+    _check(sqlite_url, summary, source.count, expected, ["spam@v1", "spam@v2", "spam@v1"])
     swaps = [(r.old_version, r.new_version) for r in caplog.records if r.getMessage() == "model swapped"]  # type: ignore[attr-defined]
     assert swaps == [("spam@v1", "spam@v2"), ("spam@v2", "spam@v1")]
 
@@ -182,7 +184,7 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(family: Path, ex
     with caplog.at_level(logging.INFO, logger="worker.models.swap"):
         summary = _run(_spec(family, sqlite_url), source)
     assert errors() == 1  # logged once; the same broken version is not retried before retry_s
-    _check(sqlite_url, summary, source, expected, ["spam@v1", "spam@v2"])
+    _check(sqlite_url, summary, source.count, expected, ["spam@v1", "spam@v2"])
 
 
 @pytest.mark.postgres
@@ -210,7 +212,7 @@ def test_registry_promotion_and_rollback_reach_a_running_stage(family: Path, ver
         assert (family / "current").read_text().strip() == "v1"  # the pointer never named v2
     finally:
         registry.close()
-    _check(postgres_url, summary, source, expected, ["spam@v1", "spam@v2", "spam@v1"])
+    _check(postgres_url, summary, source.count, expected, ["spam@v1", "spam@v2", "spam@v1"])
 
 
 @pytest.mark.slow
@@ -223,5 +225,58 @@ def test_ray_actors_follow_promotion_and_rollback(ray_session: None, family: Pat
     ]
     source = PromotingSource(sqlite_url, steps)
     summary = _run(_spec(family, sqlite_url), source, runtime="ray")
-    _check(sqlite_url, summary, source, expected, ["spam@v1", "spam@v2", "spam@v1"])
+    _check(sqlite_url, summary, source.count, expected, ["spam@v1", "spam@v2", "spam@v1"])
     assert summary.stage_stats["spam"]["model_version"] == "spam@v1"
+
+
+@pytest.mark.kafka
+def test_kafka_stream_worker_follows_promotion_and_rollback(kafka_bootstrap: str, family: Path, expected: dict[str, dict[str, float]],
+                                                            sqlite_url: str) -> None:
+    from tests.integration.kafka_helpers import create_topics, produce, unique_name
+    from worker.runtime.stream import StreamOptions, run_stream
+
+    topic, group = unique_name("swap"), unique_name("group")
+    create_topics(kafka_bootstrap, [topic], 1)
+    source = KafkaSource(bootstrap_servers=kafka_bootstrap, topics=[topic], group=group, max_batch=CHUNK, max_wait_ms=100)
+    spec = _spec(family, sqlite_url).model_copy(update={"source": source})
+    engine = sa.create_engine(sqlite_url)
+    stop, summaries = threading.Event(), []
+    worker = threading.Thread(target=lambda: summaries.append(run_stream(spec, sqlite_url, StreamOptions(), stop)), daemon=True)
+    worker.start()
+    count = 0
+
+    def feed(n: int) -> None:
+        nonlocal count
+        docs = [(f"d{i:05d}", TEXTS[i % len(TEXTS)]) for i in range(count, count + n)]
+        produce(kafka_bootstrap, topic, [(d.encode(), f'{{"id": "{d}", "text": {json.dumps(t)}}}'.encode()) for d, t in docs], codecs=["none"])
+        count += n
+
+    def stored() -> int:
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(sa.text("SELECT count(*) FROM results")).scalar_one())
+        except sa.exc.OperationalError:  # the worker has not created the tables yet
+            return -1
+
+    def feed_until(version: str) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (stored() == count and count and _latest_version(engine) == version):
+            if stored() == count:
+                feed(CHUNK)
+            time.sleep(0.1)
+        feed(3 * CHUNK)
+        while stored() < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    try:
+        feed_until("spam@v1")
+        loading.set_current_version(family, family / "v2")
+        feed_until("spam@v2")
+        loading.set_current_version(family, family / "v1")
+        feed_until("spam@v1")
+    finally:
+        stop.set()
+        worker.join(60)
+        engine.dispose()
+    assert summaries, "the stream worker did not stop"
+    _check(sqlite_url, summaries[0], count, expected, ["spam@v1", "spam@v2", "spam@v1"])
