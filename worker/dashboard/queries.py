@@ -29,6 +29,13 @@ TOP_LABELS = 20
 NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 KIND_CACHE_S = 60.0
 LABEL_STAGES = ("classify", "spam")
+_DISTINCT_STAGES = sa.text(
+    "WITH RECURSIVE s(stage) AS ("
+    " SELECT min(stage) FROM results WHERE pipeline = :pipeline"
+    " UNION ALL"
+    " SELECT (SELECT min(stage) FROM results WHERE pipeline = :pipeline AND stage > s.stage) FROM s WHERE s.stage IS NOT NULL"
+    ") SELECT stage FROM s"
+)
 
 
 def _iso(value: Any) -> str | None:
@@ -118,14 +125,13 @@ class DashboardStore:
         return kinds
 
     def _stage_names(self, conn: Connection, pipeline: str) -> list[str]:
+        """Stages with results (a loose index scan: one index probe per stage), in the newest run's order."""
+        found = [row[0] for row in conn.execute(_DISTINCT_STAGES, {"pipeline": pipeline}) if row[0] is not None]
         r = tables.runs
-        rows = conn.execute(sa.select(r.c.stats).where(r.c.pipeline == pipeline).order_by(r.c.started_at.desc()).limit(20)).all()
-        for (stats,) in rows:
-            stages = (stats or {}).get("stages")
-            if stages:
-                return list(stages)
-        res = tables.results
-        return [row[0] for row in conn.execute(sa.select(res.c.stage).where(res.c.pipeline == pipeline).distinct())]
+        order: list[str] = []
+        for (stats,) in conn.execute(sa.select(r.c.stats).where(r.c.pipeline == pipeline).order_by(r.c.started_at.desc()).limit(20)):
+            order += [name for name in (stats or {}).get("stages") or [] if name not in order]
+        return [name for name in order if name in found] + [name for name in found if name not in order]
 
     def _infer_kind(self, conn: Connection, pipeline: str, stage: str) -> str:
         res = tables.results

@@ -3,8 +3,9 @@
 These figures belong to the database, not to one worker process: the people and jobs
 that fill `feedback`, `model_registry` and `model_events` run elsewhere. The collector
 runs a handful of GROUP BY queries (each served by an index) at most once per
-`min_interval_s`; scrapes in between get the cached figures, so a Prometheus server
-scraping every few seconds never loads the database.
+`min_interval_s` (15 s; `$TEXTWORKER_METRICS_SQL_INTERVAL_S` changes it); scrapes in
+between get the cached figures, so a Prometheus server scraping every few seconds
+never loads the database.
 
 A table that does not exist yet (an older schema) contributes nothing;
 `textworker_sql_up` is 0 when the database could not be read.
@@ -13,6 +14,7 @@ A table that does not exist yet (an older schema) contributes nothing;
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from worker.sinks.sql import make_engine, normalise_url
 
 log = logging.getLogger(__name__)
 DEFAULT_INTERVAL_S = 15.0
+INTERVAL_ENV = "TEXTWORKER_METRICS_SQL_INTERVAL_S"
 
 
 @dataclass
@@ -124,5 +127,5 @@ def collector_for(database_url: str) -> SqlLifecycleCollector:
     key = normalise_url(database_url)
     with _collectors_lock:
         if key not in _collectors:
-            _collectors[key] = SqlLifecycleCollector(key)
+            _collectors[key] = SqlLifecycleCollector(key, float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S)))
         return _collectors[key]

@@ -180,12 +180,9 @@ async function loadOverview() {
   });
   lineChart("chart-latency", latency.filter((x) => x.points.length), { yFormat: (v) => fmt(Math.round(v)) + " ms", empty: "no finished runs with latency figures" });
 
-  const labelCards = labels.stages.map((st) => {
-    const box = h("div", { class: "card", "data-stage": st.name }, h("h3", {}, `${st.name} (${st.kind})`), h("div"));
-    barChart(box.lastChild, st.labels.map((l) => ({ label: l.label, value: l.count })), { chartId: "labels-" + st.name });
-    return box;
-  });
+  const labelCards = labels.stages.map((st) => h("div", { class: "card", "data-stage": st.name }, h("h3", {}, `${st.name} (${st.kind})`), h("div")));
   replace("labels", ...(labelCards.length ? labelCards : [empty("no classify or spam stages")]));
+  labels.stages.forEach((st, i) => barChart(labelCards[i].lastChild, st.labels.map((l) => ({ label: l.label, value: l.count })), { chartId: "labels-" + st.name }));
 
   replace("runs", runs.runs.length ? table([
     { title: "run", key: "run_id" }, { title: "status", render: (r) => h("span", { class: "badge " + r.status }, r.status) },
@@ -261,15 +258,17 @@ function headline(metrics) {
 async function loadModels() {
   const data = await api("models", { events: 200 });
   const families = [...new Set(data.versions.map((v) => v.name))];
-  replace("model-charts", ...(families.length ? families.map((name) => {
+  const charts = families.map((name) => {
     const versions = data.versions.filter((v) => v.name === name);
     const [key] = headline(versions.map((v) => v.metrics).find((m) => headline(m)[0]) || {});
-    const box = h("div", { class: "card", "data-model": name }, h("h3", {}, `${name}: ${key || "no metrics"} by version`), h("div"));
-    barChart(box.lastChild, versions.filter((v) => key && typeof v.metrics[key] === "number").map((v) => ({
+    const box = h("div", { class: "card", "data-model": name }, h("h3", {}, `${name}: ${key || "no metrics"} by version (champion green, retired grey)`), h("div"));
+    const items = versions.filter((v) => key && typeof v.metrics[key] === "number").map((v) => ({
       label: v.version, value: v.metrics[key], color: v.status === "champion" ? "#059669" : v.status === "retired" ? "#9ca3af" : "#d97706",
-      title: `${v.version} (${v.status}): ${key} ${v.metrics[key]}` })), { chartId: "model-" + name, format: (x) => fmt(x), empty: "no version has metrics" });
-    return box;
-  }) : [empty("no models registered yet (the registry fills when models are trained and promoted)")]));
+      title: `${v.version} (${v.status}): ${key} ${v.metrics[key]}` }));
+    return { box, draw: () => barChart(box.lastChild, items, { chartId: "model-" + name, empty: "no version has metrics" }) };
+  });
+  replace("model-charts", ...(charts.length ? charts.map((c) => c.box) : [empty("no models registered yet (the registry fills when models are trained and promoted)")]));
+  charts.forEach((c) => c.draw());
   replace("model-versions", data.versions.length ? table([
     { title: "model", key: "name" }, { title: "version", key: "version" }, { title: "stage", key: "stage" },
     { title: "status", render: (v) => h("span", { class: "badge " + v.status }, v.status) },
@@ -303,14 +302,17 @@ async function loadLive() {
       { title: "tokens/s", render: (r) => fmt(r.tokens_per_s ? Math.round(r.tokens_per_s) : r.tokens_per_s), num: true },
       { title: "padding", render: (r) => pct(r.padding_waste), num: true }, { title: "model", key: "model_version" },
     ], src.stages));
-    const bars = h("div");
+    const bars = h("div", { "data-bars": "live-out" });
     box.append(bars);
-    barChart(bars, src.stages.map((r) => ({ label: `${r.stage} out`, value: r.docs_out || 0 })), { chartId: "live-out" });
     if (src.lag.length) box.append(h("h3", {}, "consumer lag"), table([{ title: "topic", key: "topic" }, { title: "partition", key: "partition" }, { title: "lag", key: "lag", num: true }], src.lag));
     if (src.gpu.length) box.append(h("h3", {}, "GPU memory"), table([{ title: "device", key: "device" }, { title: "what", key: "what" }, { title: "", render: (g) => bytes(g.bytes), num: true }], src.gpu));
     return box;
   });
   replace("live", ...blocks);
+  data.sources.forEach((src, i) => {
+    const bars = blocks[i].querySelector("[data-bars=live-out]");
+    if (bars) barChart(bars, src.stages.map((r) => ({ label: `${r.pipeline}/${r.stage} out`, value: r.docs_out || 0 })), { chartId: "live-out" });
+  });
 }
 
 // ------------------------------------------------------------------ tabs and wiring
