@@ -179,6 +179,14 @@ def test_health_readiness_and_openapi(served: Served) -> None:
     assert requests.get(served.url + "/docs", timeout=30).status_code == 200
 
 
+def test_feedback_and_dashboard_routers_are_mounted(served: Served) -> None:
+    schema = requests.get(served.url + "/openapi.json", timeout=30).json()
+    assert "/v1/feedback" in schema["paths"]
+    page = requests.get(served.url + "/", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert requests.post(served.url + "/v1/feedback", data=b"{", headers={"Content-Type": "application/json"}, timeout=30).status_code == 400
+
+
 def test_the_rayservice_builder_builds_the_gpu_pipeline_on_a_cpu_cluster(served: Served, caplog: pytest.LogCaptureFixture) -> None:
     from ray.serve import Application
 

@@ -2,8 +2,9 @@
 
 Routes: `POST /v1/documents`, `GET /healthz` (the process answers), `GET /readyz`
 (200 only when every stage deployment answers with its model loaded, else 503),
-FastAPI's `/openapi.json` and `/docs`, and the routers of other textworker parts
-(`worker.lifecycle.api`, `worker.dashboard.web`) when those modules are installed.
+FastAPI's `/openapi.json` and `/docs`, and, when a database is configured, the routers
+of other textworker parts (`worker.lifecycle.api`: `/v1/feedback`; `worker.dashboard`:
+`/`, `/api/...`, `/metrics`) when those modules are installed.
 
 Limits, each answered before any model work:
 - more than `max_concurrent` requests on `/v1/documents` at once: 429 with
@@ -52,7 +53,7 @@ from worker.serving.stage_server import StageCall
 
 log = logging.getLogger(__name__)
 DOCUMENTS_PATH = "/v1/documents"
-MOUNTED_ROUTERS = ("worker.lifecycle.api", "worker.dashboard.web")
+MOUNTED_ROUTERS = ("worker.lifecycle.api", "worker.dashboard")  # each exposes make_router(spec, database_url)
 READY_TIMEOUT_S = 5.0
 
 
