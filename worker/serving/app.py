@@ -106,7 +106,7 @@ def build_application(spec: PipelineSpec, settings: ServeSettings) -> Any:
     for stage in spec.stages:
         device, options = stage_options(stage, settings, scale, float(cluster.get("GPU", 0)))
         deployment = serve.deployment(**options)(StageServer)
-        stage_apps.append(deployment.bind(stage, device, settings.batch_calls, settings.batch_wait_ms / 1000))
+        stage_apps.append(deployment.bind(stage, device, settings.batch_calls, settings.batch_wait_ms / 1000, settings.database_url))
     ingress = serve.deployment(
         name=INGRESS_NAME, num_replicas=1, ray_actor_options={"num_cpus": settings.ingress_cpus},
         max_ongoing_requests=settings.max_concurrent + INGRESS_HEADROOM,

@@ -62,8 +62,9 @@ def split_outcomes(outcomes: list[Outcome], owners: dict[str, tuple[int, str]], 
 class StageServer:
     """A replica of one stage: the loaded model, and batched `process` calls."""
 
-    def __init__(self, spec: Any, device: str, batch_calls: int = 16, batch_wait_s: float = 0.01) -> None:
-        self.actor = StageActor(spec, device)
+    def __init__(self, spec: Any, device: str, batch_calls: int = 16, batch_wait_s: float = 0.01, database_url: str | None = None) -> None:
+        # With a database, the replica follows the model registry's champion (hot swap between batches).
+        self.actor = StageActor(spec, device, database_url)
         self.name: str = spec.name
         self.device = device
         self.process.set_max_batch_size(batch_calls)  # type: ignore[attr-defined]
