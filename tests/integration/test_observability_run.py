@@ -113,6 +113,8 @@ def test_metrics_endpoint_matches_the_run_and_sql(models_dir: Path, sqlite_url: 
         version = rows(sqlite_url, f"SELECT DISTINCT model_version FROM results WHERE stage = '{stage}'")[0][0]
         assert metric("textworker_model_info", stage=stage, model_version=version) == 1
     ham = rows(sqlite_url, "SELECT count(*) FROM results WHERE stage = 'spam' AND label = 'ham'")[0][0]
+    for stage, label, count in rows(sqlite_url, "SELECT stage, label, count(*) FROM results GROUP BY stage, label"):
+        assert metric("textworker_stage_labels_total", stage=stage, label=label) == count  # e.g. the spam count
     assert metric("textworker_stage_documents_in_total", stage="sentiment") == ham
     assert metric("textworker_stage_documents_skipped_total", stage="sentiment") == summary["docs"] - ham
     assert metric("textworker_documents_stored_total") == summary["docs"] == rows(sqlite_url, "SELECT count(*) FROM documents")[0][0]

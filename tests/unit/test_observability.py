@@ -92,6 +92,23 @@ def test_chunks_runs_and_lag() -> None:
     assert value(text, "textworker_run_info", pipeline=pipeline, run_id="run-2") == 1
 
 
+def test_labels_are_counted_for_classifiers_only() -> None:
+    from schemas.documents import StageResult
+
+    pipeline = f"p{uuid.uuid4().hex[:8]}"
+    spam = [StageResult(doc_id=str(i), stage="spam", label="spam" if i % 4 == 0 else "ham", output={"spam_probability": 0.5}) for i in range(12)]
+    answers = [StageResult(doc_id=str(i), stage="qa", label=f"answer {i}", output={"answers": []}) for i in range(5)]
+    metrics.observe_labels(pipeline, "spam", spam)
+    metrics.observe_labels(pipeline, "qa", answers)
+    many = [StageResult(doc_id=str(i), stage="topic", label=f"t{i}", output={"scores": {}}) for i in range(metrics.MAX_LABELS + 5)]
+    metrics.observe_labels(pipeline, "topic", many)
+    text = metrics.render().decode()
+    assert value(text, "textworker_stage_labels_total", pipeline=pipeline, stage="spam", label="spam") == 3
+    assert value(text, "textworker_stage_labels_total", pipeline=pipeline, stage="spam", label="ham") == 9
+    assert not [k for k in samples(text) if k[0] == "textworker_stage_labels_total" and ("stage", "qa") in k[1] and ("pipeline", pipeline) in k[1]]
+    assert value(text, "textworker_stage_labels_total", pipeline=pipeline, stage="topic", label="(other)") == 5
+
+
 def test_histogram_quantile_interpolates_like_promql() -> None:
     buckets = [(0.1, 10.0), (0.5, 30.0), (1.0, 40.0), (float("inf"), 40.0)]
     assert histogram_quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * (20 - 10) / 20)

@@ -57,6 +57,8 @@ TOKENS_PER_S = Gauge("textworker_stage_tokens_per_second", "Real tokens per seco
 PADDING_WASTE = Gauge("textworker_stage_padding_waste_ratio", "1 - real/padded tokens, over this process's life.", STAGE, registry=REGISTRY)
 STAGE_GPU = Gauge("textworker_stage_gpu_memory_bytes", "Peak GPU memory a stage's actor allocated (Ray runtime, GPU stages).",
                   STAGE, registry=REGISTRY)
+LABELS = Counter("textworker_stage_labels", "Results of classify and spam stages by label (what the pipeline finds).",
+                 [*STAGE, "label"], registry=REGISTRY)
 MODEL_INFO = Gauge("textworker_model_info", "1 for the model version a stage runs now.", [*STAGE, "model_version"], registry=REGISTRY)
 
 ITEMS = Counter("textworker_source_items", "Input items read (documents and unreadable records).", ["pipeline"], registry=REGISTRY)
@@ -80,6 +82,8 @@ _run_ids: dict[str, str] = {}
 _padding: dict[tuple[str, str], list[int]] = {}
 _latencies: dict[tuple[str, str], deque[float]] = {}
 _lag_keys: dict[tuple[str, str], set[tuple[str, int]]] = {}
+_labels: dict[tuple[str, str], set[str]] = {}
+MAX_LABELS = 50
 LATENCY_WINDOW = 4096
 
 
@@ -126,6 +130,7 @@ def observe_stage(pipeline: str, stage: Any, before: tuple[Any, float], *, skipp
     """Record one in-process stage call: `before` from `stage_snapshot`, `outcomes` what it returned."""
     stats, started = before
     after = stage.stats
+    observe_labels(pipeline, stage.name, outcomes)
     observe_stage_delta(
         pipeline, stage.name, stage.model_version, skipped=skipped, docs_in=docs_in,
         results=sum(isinstance(o, StageResult) for o in outcomes), failed=sum(isinstance(o, DeadLetter) for o in outcomes),
@@ -165,6 +170,20 @@ def observe_stage_delta(pipeline: str, stage: str, model_version: str, *, skippe
         waste = 1 - totals[0] / totals[1] if totals[1] else 0.0
         _latencies.setdefault(labels, deque(maxlen=LATENCY_WINDOW)).append(seconds)
     PADDING_WASTE.labels(*labels).set(waste)
+
+
+def observe_labels(pipeline: str, stage: str, outcomes: Sequence[Any]) -> None:
+    """Count the labels of classification results (a bounded set: QA answers and translations are not labels)."""
+    for outcome in outcomes:
+        if not isinstance(outcome, StageResult) or outcome.label is None:
+            continue
+        if "scores" not in outcome.output and "spam_probability" not in outcome.output:
+            return
+        with _lock:
+            seen = _labels.setdefault((pipeline, stage), set())
+            label = outcome.label if outcome.label in seen or len(seen) < MAX_LABELS else "(other)"
+            seen.add(label)
+        LABELS.labels(pipeline, stage, label).inc()
 
 
 def observe_skipped(pipeline: str, stage: str, count: int) -> None:

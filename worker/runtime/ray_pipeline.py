@@ -230,6 +230,7 @@ class RayPipeline:
         for key, value in delta.items():
             setattr(totals, key, getattr(totals, key) + value)
         results = [o for o in outcomes if isinstance(o, StageResult)]
+        metrics.observe_labels(self.spec.name, pool.spec.name, results)
         metrics.observe_stage_delta(
             self.spec.name, pool.spec.name, results[0].model_version if results else totals.model_version, docs_in=len(batch),
             results=len(results), failed=len(outcomes) - len(results), seconds=delta.get("seconds", 0.0),
