@@ -166,3 +166,44 @@ def test_requeue_sends_marked_letters_through_again(models_dir: Path, sqlite_url
     runs = rows(sqlite_url, "SELECT status FROM runs")
     assert [r[0] for r in runs] == ["finished", "finished"]
     store.close()
+
+
+@pytest.mark.slow
+def test_ray_driver_metrics_cover_the_actors_work(ray_session: None, models_dir: Path, sqlite_url: str, tmp_path: Path) -> None:
+    from worker.config import load_pipeline
+    from worker.observability import metrics
+    from worker.runtime.local import new_run_id, run_pipeline
+    from worker.sinks.sql import SqlResultSink
+    from worker.sources.files import FileDocumentSource
+
+    spec = load_pipeline(pipeline_file(tmp_path, models_dir, sqlite_url, max_chars=1_000_000))
+
+    def figures() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = metrics.render().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    before = figures()
+    sink = SqlResultSink(sqlite_url, spec.name, new_run_id()).open()
+    try:
+        summary = run_pipeline(spec, FileDocumentSource(spec.source), sink, chunk_size=16, runtime="ray")
+    finally:
+        sink.close()
+    after = figures()
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted({"pipeline": "obs", **labels}.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    ham = rows(sqlite_url, "SELECT count(*) FROM results WHERE stage = 'spam' AND label = 'ham'")[0][0]
+    for stage in ("spam", "sentiment"):
+        assert delta("textworker_stage_documents_out_total", stage=stage) == summary.stage_counts[stage] > 0
+        assert delta("textworker_stage_tokens_total", stage=stage) > 0
+        assert delta("textworker_stage_padded_tokens_total", stage=stage) >= delta("textworker_stage_tokens_total", stage=stage)
+        assert delta("textworker_stage_batch_seconds_count", stage=stage) >= 1
+    assert delta("textworker_stage_documents_in_total", stage="sentiment") == ham
+    assert delta("textworker_stage_documents_skipped_total", stage="sentiment") == summary.docs - ham
+    for stage, label, count in rows(sqlite_url, "SELECT stage, label, count(*) FROM results GROUP BY stage, label"):
+        assert delta("textworker_stage_labels_total", stage=stage, label=label) == count
+    assert delta("textworker_documents_stored_total") == summary.docs == 61
+    assert after[("textworker_model_info", (("model_version", "spam@v0-seed"), ("pipeline", "obs"), ("stage", "spam")))] == 1
+    assert summary.stage_stats["spam"]["latency_p95_ms"] >= summary.stage_stats["spam"]["latency_p50_ms"] > 0
