@@ -207,3 +207,13 @@ def test_ray_driver_metrics_cover_the_actors_work(ray_session: None, models_dir:
     assert delta("textworker_documents_stored_total") == summary.docs == 61
     assert after[("textworker_model_info", (("model_version", "spam@v0-seed"), ("pipeline", "obs"), ("stage", "spam")))] == 1
     assert summary.stage_stats["spam"]["latency_p95_ms"] >= summary.stage_stats["spam"]["latency_p50_ms"] > 0
+
+
+def test_eval_reports_progress_row_by_row(models_dir: Path) -> None:
+    from worker.config import load_pipeline
+    from worker.training.commands import evaluate_stage
+
+    spec = load_pipeline(REPO / "pipelines" / "demo.yaml", env={"TEXTWORKER_MODELS_DIR": str(models_dir)})
+    seen: list[int] = []
+    result = evaluate_stage(spec, spec.stage("spam"), str(REPO / "worker" / "seed" / "spam.tsv"), None, 30, progress=seen.append)
+    assert sum(seen) == result["metrics"]["n"] == 30 and len(seen) >= 1

@@ -135,8 +135,21 @@ def _base_dir(base: str) -> str:
     return loading.resolve(base).location
 
 
-def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str | None, limit: int | None) -> dict[str, Any]:
-    """Metrics for the stage's model (or `model`) on a labelled file."""
+def _count_inputs(net: Any, stage_type: str, progress: Callable[[int], None]) -> Any:
+    """A forward pre-hook reporting how many rows (QA: windows) the model reads; returns its handle."""
+    target = net.get_encoder() if stage_type == "translate" else net
+
+    def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+        if ids is not None and hasattr(ids, "shape"):
+            progress(int(ids.shape[0]))
+
+    return target.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str | None, limit: int | None,
+                   progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Metrics for the stage's model (or `model`) on a labelled file; `progress(n)` as the model reads n more rows."""
     import transformers
 
     ref = loading.resolve(model or stage.model)
@@ -144,6 +157,8 @@ def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str |
             "qa": "AutoModelForQuestionAnswering", "translate": "AutoModelForSeq2SeqLM"}[stage.type]
     tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref)
     net = loading.load_pretrained(getattr(transformers, auto), ref).eval()
+    if progress is not None:
+        _count_inputs(net, stage.type, progress)
     result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data}
     if isinstance(stage, ClassifyStage | SpamStage):
         from worker.training.classify import evaluate_classifier
@@ -172,10 +187,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not Path(args.data).is_file():
         raise DataFileError(f"data file `{args.data}` does not exist")
     started = time.perf_counter()
+    bar = None
+    if not (args.quiet or args.json):
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"eval {stage.name}", unit=" windows" if stage.type == "qa" else " rows", file=sys.stderr, dynamic_ncols=True)
     try:
-        result = evaluate_stage(spec, stage, args.data, args.model, args.limit)
+        result = evaluate_stage(spec, stage, args.data, args.model, args.limit, progress=bar.update if bar is not None else None)
     except (KeyError, ValueError) as exc:
         raise TextworkerError(f"cannot evaluate `{stage.name}` on {args.data}: {exc}") from exc
+    finally:
+        if bar is not None:
+            bar.close()
     result["seconds"] = round(time.perf_counter() - started, 1)
     metrics = result["metrics"]
     lines = [f"{stage.name} ({stage.type}) {result['model_version']} on {args.data} ({metrics.get('n', '?')} rows, {result['seconds']}s)"]
