@@ -218,6 +218,8 @@ class StreamRunner:
         self.source.commit(polled.next_offsets)
         self._publish(docs, results, letters, polled.next_offsets)
         metrics.observe_chunk(self.spec.name, items=len(polled), docs=len(docs), letters=letters)
+        for letter in letters:
+            log.info("dead letter", extra={"doc_id": letter.ref, "stage": letter.stage, "reason": letter.reason})
         self.records += len(polled)
         self.batches += 1
         self.summary.docs += len(docs)
