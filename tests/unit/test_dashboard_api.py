@@ -201,3 +201,20 @@ def test_a_token_is_required_off_loopback(tmp_path: Path, monkeypatch: pytest.Mo
                               metrics_url=[], quiet=True, json=False, log_level="WARNING")
     with pytest.raises(TextworkerError, match="without a token"):
         cmd_dashboard(args)
+
+
+def test_pipelines_with_results_but_no_run_row_are_listed(tmp_path: Path) -> None:
+    from worker.dashboard.queries import DashboardStore
+
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    with_run = SqlResultSink(url, "batch", "run-a").open()
+    with_run.start_run({"stages": ["spam"]})
+    with_run.write(SinkBatch(results=[_results(1)[1]]))
+    with_run.close()
+    served = SqlResultSink(url, "served", "run-b").open()  # results written without a runs row
+    served.write(SinkBatch(results=_results(2)[:2]))
+    served.close()
+    store = DashboardStore(url)
+    assert store.pipelines() == ["batch", "served"]
+    assert {s["name"] for s in store.overview("served")["stages"]} == {"sentiment", "spam"}
+    store.close()

@@ -29,6 +29,13 @@ TOP_LABELS = 20
 NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 KIND_CACHE_S = 60.0
 LABEL_STAGES = ("classify", "spam")
+_DISTINCT_PIPELINES = sa.text(  # pipelines with results but no runs row (a loose index scan)
+    "WITH RECURSIVE p(pipeline) AS ("
+    " SELECT min(pipeline) FROM results"
+    " UNION ALL"
+    " SELECT (SELECT min(pipeline) FROM results WHERE pipeline > p.pipeline) FROM p WHERE p.pipeline IS NOT NULL"
+    ") SELECT pipeline FROM p"
+)
 _DISTINCT_STAGES = sa.text(
     "WITH RECURSIVE s(stage) AS ("
     " SELECT min(stage) FROM results WHERE pipeline = :pipeline"
@@ -102,6 +109,7 @@ class DashboardStore:
         r = tables.runs
         with self.engine.connect() as conn:
             names = [row[0] for row in conn.execute(sa.select(r.c.pipeline).group_by(r.c.pipeline).order_by(sa.func.max(r.c.started_at).desc()))]
+            names += [row[0] for row in conn.execute(_DISTINCT_PIPELINES) if row[0] is not None and row[0] not in names]
         if self.spec is not None and self.spec.name not in names:
             names.insert(0, self.spec.name)
         return names
