@@ -57,13 +57,13 @@ def copy_family(family: Path, dest_root: Path) -> Path:
 
 
 def spam_pipeline(path: Path, family: Path, database_url: str, eval_data: Path, *, source: dict | None = None,
-                  schedule: dict | None = None, extra: dict | None = None) -> Path:
+                  schedule: dict | None = None, extra: dict | None = None, stage_extra: dict | None = None) -> Path:
     """A pipeline file with one spam stage on `family` and a small, fast `finetune:` block."""
     finetune: dict = {"eval_data": str(eval_data), "epochs": 2, "lr": 3e-4, "max_length": 64, "batch_size": 16,
                       "gate": {"margin": 0.02, "max_recall_drop": 0.1}}
     if schedule:
         finetune["schedule"] = schedule
-    stage = {"name": "spam", "type": "spam", "model": str(family), "max_length": 64, "finetune": finetune}
+    stage = {"name": "spam", "type": "spam", "model": str(family), "max_length": 64, **(stage_extra or {}), "finetune": finetune}
     spec = {"version": 1, "name": "lifecycle", "source": source or {"type": "file", "path": "unused.jsonl"},
             "stages": [stage], "sink": {"url": database_url}, **(extra or {})}
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
