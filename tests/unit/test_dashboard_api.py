@@ -218,3 +218,34 @@ def test_pipelines_with_results_but_no_run_row_are_listed(tmp_path: Path) -> Non
     assert store.pipelines() == ["batch", "served"]
     assert {s["name"] for s in store.overview("served")["stages"]} == {"sentiment", "spam"}
     store.close()
+
+
+def test_the_middleware_puts_a_whole_app_behind_the_token(store: str) -> None:
+    from fastapi import FastAPI
+
+    from worker.dashboard.app import make_router
+    from worker.observability.auth import BearerAuth, BearerAuthMiddleware
+
+    app = FastAPI()
+
+    @app.get("/v1/thing")
+    def thing() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(make_router(None, store, token=TOKEN))
+    app.add_middleware(BearerAuthMiddleware, auth=BearerAuth(TOKEN))
+    with serve_app(app) as url:
+        assert requests.get(f"{url}/v1/thing", timeout=30).status_code == 401
+        assert requests.get(f"{url}/v1/thing", headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        assert requests.get(f"{url}/v1/thing", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json() == {"ok": "yes"}
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+        session = requests.Session()
+        assert session.get(f"{url}/", timeout=30).status_code == 401  # the sign-in form, reachable
+        assert session.post(f"{url}/login", data={"token": TOKEN}, allow_redirects=False, timeout=30).status_code == 303
+        assert session.get(f"{url}/v1/thing", timeout=30).status_code == 200
+        assert session.get(f"{url}/api/overview", timeout=30).status_code == 200
+        assert requests.get(f"{url}/metrics", timeout=30).status_code == 401

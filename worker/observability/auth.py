@@ -15,6 +15,8 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 from worker.errors import TextworkerError
 
@@ -84,3 +86,43 @@ class BearerAuth:
         if self._token is None:
             return True
         return bool(value) and hmac.compare_digest(str(value).encode("utf-8"), self.session_value().encode("utf-8"))
+
+
+OPEN_PATHS = frozenset({"/", "/login", "/logout", "/healthz", "/readyz"})
+
+
+class BearerAuthMiddleware:
+    """ASGI middleware that puts every route of an app behind the token (for `textworker serve`).
+
+    A request passes with `Authorization: Bearer <token>` or the dashboard's session cookie.
+    `open_paths` stay reachable without either: the dashboard page (which shows its own
+    sign-in form), sign-in/out, and the health probes orchestrators call. Without a token
+    the middleware lets everything through (and `check_bind` keeps such a server on loopback).
+    """
+
+    def __init__(self, app: Any, auth: BearerAuth, open_paths: frozenset[str] = OPEN_PATHS) -> None:
+        self.app = app
+        self.auth = auth
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.auth.enabled or scope.get("path", "") in self.open_paths or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        body = b'{"detail":"sign in: Authorization: Bearer <token>"}'
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="textworker"')]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, scope: Any) -> bool:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.auth.check_header(headers.get("authorization")):
+            return True
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie", ""))
+        except CookieError:
+            return False
+        morsel = cookies.get(COOKIE)
+        return morsel is not None and self.auth.check_cookie(morsel.value)
