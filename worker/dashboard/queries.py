@@ -133,13 +133,16 @@ class DashboardStore:
         return kinds
 
     def _stage_names(self, conn: Connection, pipeline: str) -> list[str]:
-        """Stages with results (a loose index scan: one index probe per stage), in the newest run's order."""
+        """Stages with results (a loose index scan), in pipeline order.
+
+        Every runtime writes a chunk's results stage by stage, so the order of each stage's
+        first result id is the pipeline's order (the runs' JSONB summaries do not keep it).
+        """
+        res = tables.results
         found = [row[0] for row in conn.execute(_DISTINCT_STAGES, {"pipeline": pipeline}) if row[0] is not None]
-        r = tables.runs
-        order: list[str] = []
-        for (stats,) in conn.execute(sa.select(r.c.stats).where(r.c.pipeline == pipeline).order_by(r.c.started_at.desc()).limit(20)):
-            order += [name for name in (stats or {}).get("stages") or [] if name not in order]
-        return [name for name in order if name in found] + [name for name in found if name not in order]
+        first = {name: conn.execute(sa.select(sa.func.min(res.c.id)).where(res.c.pipeline == pipeline, res.c.stage == name)).scalar()
+                 for name in found}
+        return sorted(found, key=lambda name: (first[name] is None, first[name] or 0, name))
 
     def _infer_kind(self, conn: Connection, pipeline: str, stage: str) -> str:
         res = tables.results
