@@ -143,3 +143,33 @@ def test_too_little_feedback_trains_nothing_and_models_commands_manage_versions(
     capsys.readouterr()
     assert main(["feedback", "import", str(empty), "--pipeline", pipeline, "--stage", "spam"]) == 1
     assert "line 1: unknown_label" in capsys.readouterr().out
+
+
+def test_schedule_loop_exits_cleanly_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    family = tmp_path / "models" / "spam"
+    (family / "v0").mkdir(parents=True)
+    (family / "v0" / "config.json").write_text("{}", encoding="utf-8")
+    pipeline = spam_pipeline(tmp_path / "p.yaml", family, sqlite_url, tmp_path / "unused.tsv", schedule={"min_new_labels": 1000})
+    log_path = tmp_path / "schedule.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "worker.cli", "schedule", str(pipeline), "--poll-seconds", "1",
+                                    "--log-level", "INFO", "--json"], stdout=subprocess.PIPE, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 180
+        while "fine-tune not due" not in log_path.read_text(encoding="utf-8", errors="replace"):
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+    decisions = json.loads(out)
+    assert decisions and all(d == {"stage": "spam", "model": "spam", "due": False, "why": "0 new labels, waiting for 1000",
+                                   "new_labels": 0} for d in decisions)

@@ -18,8 +18,9 @@ One call of `finetune()`:
    moves the `current` pointer; running stages switch at their next batch boundary)
    or rejects it with the reason.
 
-Crash safety: the candidate's directory is complete before it is registered; a crash
-before registration leaves an unregistered directory and no registry change.
+Crash safety: the candidate's directory is complete before it is registered; a failed or
+cancelled training removes it, and a crash before registration leaves at most an
+unregistered directory and no registry change.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -275,7 +277,11 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
     params = _params(stage, cfg, options, seed)
     job = {"stage": stage.model_dump(mode="json", by_alias=True), "out": str(out), "base": champ.artifact_path,
            "labels": labels, "params": params, "train": data.train, "heldout": data.heldout, "frozen": data.frozen}
-    scored = run_on_ray(job, address=options.ray_address, stop=stop)
+    try:
+        scored = run_on_ray(job, address=options.ray_address, stop=stop)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     params["started_at"] = started_at.isoformat()
     record = _register(registry, spec, stage, champ, version, out, data, params, scored)
     decision = gate.decide(scored["candidate"].get("all", {}), scored["champion"].get("all", {}), gate.rules_for(stage))

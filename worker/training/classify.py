@@ -71,6 +71,8 @@ def train_classifier(
     rng = random.Random(seed)
     labels = list(labels) if labels else sorted(set(golds))
     model, tokenizer = load_for_training(base, labels)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     label2id = {label: i for i, label in enumerate(labels)}
     encoded = dict(tokenizer([t[: max_length * 12] for t in texts], truncation=True, max_length=max_length))
     encoded.pop("offset_mapping", None)
@@ -89,8 +91,8 @@ def train_classifier(
     pad_id = tokenizer.pad_token_id or 0
     while step < total:
         for indices in _bucketed_batches(lengths, batch_size, rng):
-            batch = _pad(encoded, indices, pad_id)
-            out = model(**batch, labels=torch.tensor([targets[i] for i in indices]))
+            batch = {k: v.to(device) for k, v in _pad(encoded, indices, pad_id).items()}
+            out = model(**batch, labels=torch.tensor([targets[i] for i in indices], device=device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
