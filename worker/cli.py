@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-calls", type=int, default=16, help="most requests a stage replica batches together")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a stage replica waits for more requests to batch")
     p.add_argument("--database-url", help="store served results here (default: as `run`); `none` stores nothing")
+    p.add_argument("--token", default=None,
+                   help="bearer token every route except /healthz and /readyz requires (default $TEXTWORKER_TOKEN); "
+                        "required when --host is not loopback")
     _add_common(p)
 
     p = sub.add_parser("review", help="the active-learning review queue: list low-confidence predictions, label them")

@@ -33,7 +33,7 @@ def test_cli_serves_until_sigterm(models_dir: Path, tmp_path: Path) -> None:
         "stages": [{"name": "spam", "type": "spam", "model": str(models_dir / "spam"), "resources": {"cpus": 0.5}}],
     }), encoding="utf-8")
     port = _free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "", "TEXTWORKER_TOKEN": "s3cret-token"}
     process = subprocess.Popen([sys.executable, "-m", "worker.cli", "serve", str(pipeline), "--port", str(port),
                                 "--database-url", "none"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
@@ -44,7 +44,12 @@ def test_cli_serves_until_sigterm(models_dir: Path, tmp_path: Path) -> None:
         while not any(line.startswith("serving `cli_served`") for line in lines):
             assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
             time.sleep(0.5)
-        response = requests.post(f"http://127.0.0.1:{port}/v1/documents", json={"documents": [{"text": SPAM}]}, timeout=60)
+        url = f"http://127.0.0.1:{port}/v1/documents"
+        body = {"documents": [{"text": SPAM}]}
+        assert requests.post(url, json=body, timeout=60).status_code == 401  # the token guards the API...
+        assert requests.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=60).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200  # ...but not the probes
+        response = requests.post(url, json=body, headers={"Authorization": "Bearer s3cret-token"}, timeout=60)
         assert response.status_code == 200 and response.json()["stored"] is False
         assert response.json()["documents"][0]["results"]["spam"]["label"] == "spam"
         process.send_signal(signal.SIGTERM)
@@ -55,6 +60,20 @@ def test_cli_serves_until_sigterm(models_dir: Path, tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 0, "".join(lines)[-3000:]
+    assert "s3cret-token" not in "".join(lines)
     assert lines[-1].strip() == "stopped"
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+def test_cli_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps({
+        "version": 1, "name": "public", "source": {"type": "file", "path": "unused"},
+        "stages": [{"name": "spam", "type": "spam", "model": str(tmp_path)}],
+    }), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "TEXTWORKER_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "serve", str(pipeline), "--host", "0.0.0.0", "--database-url", "none"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without a token" in done.stderr

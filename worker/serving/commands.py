@@ -14,12 +14,15 @@ from worker.errors import TextworkerError
 
 def serve_settings(args: argparse.Namespace, spec: Any) -> Any:
     from worker.commands import database_url
+    from worker.observability.auth import check_bind, resolve_token
     from worker.serving.settings import ServeSettings
 
     url = None if (args.database_url or "").lower() == "none" else database_url(args, spec)
+    token = resolve_token(getattr(args, "token", None))
+    check_bind(args.host, token)
     return ServeSettings(
         max_concurrent=args.max_concurrent, max_documents=args.max_documents, max_body_bytes=args.max_body_bytes,
-        database_url=url, batch_calls=args.batch_calls, batch_wait_ms=args.batch_wait_ms,
+        database_url=url, batch_calls=args.batch_calls, batch_wait_ms=args.batch_wait_ms, token=token,
     )
 
 

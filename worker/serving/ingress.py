@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.observability.auth import BearerAuth, BearerAuthMiddleware, resolve_token
 from worker.serving.chain import Context, Outcome, run_chain
 from worker.serving.payloads import (
     DocumentOut,
@@ -165,6 +166,9 @@ class DocumentsIngress:
         app.add_exception_handler(RequestValidationError, _bad_json_is_400)
         app.add_middleware(DocumentsGate, limit=self.settings.max_concurrent, max_body_bytes=self.settings.max_body_bytes,
                            retry_after_s=self.settings.retry_after_s)
+        token = self.settings.token.get_secret_value() if self.settings.token else resolve_token()
+        if token:  # added last, so it runs first: unauthenticated requests never reach the gate
+            app.add_middleware(BearerAuthMiddleware, auth=BearerAuth(token))
         errors: dict[int | str, dict[str, Any]] = {
             400: {"model": ErrorBody, "description": "Malformed JSON."},
             413: {"model": ErrorBody, "description": "Body or document count over the limit."},

@@ -7,7 +7,7 @@ Picklable and cheap: the driver builds them once and every replica receives a co
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class ServeSettings(BaseModel):
@@ -23,6 +23,9 @@ class ServeSettings(BaseModel):
     batch_calls: int = Field(default=16, ge=1, description="Most calls (requests) one stage replica batches together.")
     batch_wait_ms: float = Field(default=10.0, ge=0, description="How long a stage replica waits for more calls to batch.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 429 and 503.")
+    token: SecretStr | None = Field(
+        default=None, description="Bearer token for every route but the health probes; None: $TEXTWORKER_TOKEN in the ingress replica, else open."
+    )
     ingress_cpus: float = Field(default=0.1, gt=0, description="CPUs the HTTP ingress replica asks for.")
     fit_to_cluster: bool = Field(
         default=True,
