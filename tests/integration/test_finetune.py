@@ -52,7 +52,9 @@ def _spam_f1(metrics: dict, part: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+# PostgreSQL runs the same promote/reject cycle in tests/integration/test_lifecycle_e2e.py;
+# here SQLite, so the suite pays for two fine-tunes once rather than twice.
+@pytest.mark.parametrize("database", ["sqlite"])
 def test_feedback_finetune_promotes_then_rejects_a_candidate_trained_on_shuffled_labels(
     database: str, request: pytest.FixtureRequest, ray_session: None, shared_data: Path, weak_spam_family: Path,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
