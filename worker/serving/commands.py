@@ -13,6 +13,8 @@ from worker.errors import TextworkerError
 
 
 def serve_settings(args: argparse.Namespace, spec: Any) -> Any:
+    from pydantic import SecretStr
+
     from worker.commands import database_url
     from worker.observability.auth import check_bind, resolve_token
     from worker.serving.settings import ServeSettings
@@ -22,7 +24,8 @@ def serve_settings(args: argparse.Namespace, spec: Any) -> Any:
     check_bind(args.host, token)
     return ServeSettings(
         max_concurrent=args.max_concurrent, max_documents=args.max_documents, max_body_bytes=args.max_body_bytes,
-        database_url=url, batch_calls=args.batch_calls, batch_wait_ms=args.batch_wait_ms, token=token,
+        database_url=url, batch_calls=args.batch_calls, batch_wait_ms=args.batch_wait_ms,
+        token=SecretStr(token) if token else None,
     )
 
 
