@@ -1,0 +1,36 @@
+"""`textworker bench` end to end on a few real documents: the JSON its scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    data = shared_data / "ag_news" / "test.tsv"
+    reviews = shared_data / "docs" / "amazon_reviews.jsonl"
+    if not data.is_file() or not reviews.is_file():
+        pytest.skip("../shared/data is not here")
+    env_models = {"TEXTWORKER_MODELS_DIR": str(models_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", str(data), str(reviews),
+         "--limit", "24", "--only", "textworker", "hf_per_doc", "hf_batched", "--json"],
+        cwd=REPO, env={**os.environ, **env_models}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["docs"] == 24
+    assert Path(result["model"]).is_dir() and str(models_dir) in result["model"]
+    rates = result["docs_per_s"]
+    assert set(rates) == {"textworker", "hf_per_doc", "hf_batched", "roofline"}
+    assert all(rate > 0 for rate in rates.values())
+    assert result["textworker_over"]["hf_per_doc"] == pytest.approx(rates["textworker"] / rates["hf_per_doc"], rel=0.01)
+    assert 0 < result["roofline_fraction"] == pytest.approx(rates["textworker"] / rates["roofline"], rel=0.01)
+    assert "textworker:" in done.stderr and "docs/s" in done.stderr  # each contender reported as it finishes
