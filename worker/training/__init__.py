@@ -15,3 +15,12 @@ def data_fingerprint(path: str | Path | None) -> str | None:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast speeds training up."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

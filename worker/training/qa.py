@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+from worker.training import cpu_has_bf16
 from worker.training.qa_windows import Window, best_span, bucket_batches, build_windows, collate, label_window
 
 Progress = Callable[[int, int, dict], None]
@@ -254,15 +255,6 @@ def evaluate_qa(
     }
 
 
-def _cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def training_windows(
     tokenizer: Any, examples: list[dict], *, max_length: int, stride: int, negative_fraction: float, rng: random.Random
 ) -> tuple[list[Window], int]:
@@ -330,7 +322,7 @@ def train_qa(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=lr
     )
     pad_id, use_types = _input_plan(model, tokenizer)
-    autocast = model.device.type == "cpu" and (_cpu_has_bf16() if bf16 is None else bf16)
+    autocast = model.device.type == "cpu" and (cpu_has_bf16() if bf16 is None else bf16)
     budget = max_minutes * 60.0 if max_minutes is not None else None
     log_every = max(1, min(50, total // 20))
     model.train()

@@ -31,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from worker.training import cpu_has_bf16
+
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 MAX_POSITIONS = 256
 MAX_TRAIN_TOKENS = 128
@@ -153,15 +155,6 @@ def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast roughly doubles speed."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _lr_factor(progress: float, warmup: float) -> float:
