@@ -31,7 +31,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker.resources import package_version
+
     parser = argparse.ArgumentParser(prog="textworker", description="Streaming and batch text analytics into SQL.")
+    parser.add_argument("--version", action="version", version=f"textworker {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a pipeline until its input is exhausted")
@@ -174,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dashboard_parser(sub, _add_common)
 
+    from worker.scaffold import add_init_parser
+
+    add_init_parser(sub, _add_common)
+
     p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
     p.add_argument("--database-url", default="sqlite:///demo.db")
     p.add_argument("--models-dir", default=default_models_dir())
@@ -186,6 +193,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from worker.dashboard import commands as dashboard_commands
     from worker.lifecycle import commands as lifecycle_commands
     from worker.lifecycle import review_commands
+    from worker.scaffold import cmd_init
     from worker.serving import commands as serve_commands
     from worker.training import commands as training_commands
     from worker.training.pretrain import cmd_pretrain
@@ -199,6 +207,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "eval": training_commands.cmd_eval,
         "models": commands.cmd_models,
         "demo": commands.cmd_demo,
+        "init": cmd_init,
         "bench": commands.cmd_bench,
         "feedback": lifecycle_commands.cmd_feedback,
         "finetune": lifecycle_commands.cmd_finetune,

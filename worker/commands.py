@@ -14,8 +14,6 @@ from worker.config import load_pipeline
 from worker.errors import PipelineFileError, TextworkerError
 from worker.models import loading
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def database_url(args: argparse.Namespace, spec: PipelineSpec | None) -> str:
     """--database-url, then $TEXTWORKER_DATABASE_URL, then the pipeline's sink URL."""
@@ -167,10 +165,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.models.defaults import SEED_DIR, build_defaults
+    from worker.resources import pipeline_path
 
     os.environ.setdefault("TEXTWORKER_MODELS_DIR", args.models_dir)
     build_defaults(args.models_dir, log_step=(lambda m: None) if args.quiet else print)
-    demo = REPO_ROOT / "pipelines" / "demo.yaml"
+    demo = pipeline_path("demo.yaml")
     run_args = argparse.Namespace(
         pipeline=str(demo), input=str(SEED_DIR / "sample_docs.jsonl"), database_url=args.database_url,
         limit=None, chunk_size=64, quiet=args.quiet, json=args.json,
