@@ -36,7 +36,7 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("array", None, json.dumps([{"id": "bad-array", "text": "inside an array"}]).encode(), "not_an_object"),
     ("id-type", None, json.dumps({"id": {"nested": 1}, "text": "an id that is an object"}).encode(), "invalid_id"),
     ("null-text", None, json.dumps({"id": "bad-null", "text": None}).encode(), "wrong_type"),
-    ("deep-json", None, b"[" * 50_000 + b"]" * 50_000, "invalid_json"),
+    ("deep-json", None, b"[" * 50_000 + b"]" * 50_000, "too_deep"),
     ("scalar", None, json.dumps("a bare string").encode(), "not_an_object"),
     ("surrogate", None, b'{"id": "bad-surrogate", "text": "lone \\udc80 half"}', "invalid_utf8"),
 ]

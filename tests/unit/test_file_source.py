@@ -207,11 +207,12 @@ def test_json_array_file(tmp_path: Path) -> None:
     assert isinstance(items[3], Document) and items[3].id == "b"
 
 
-def test_broken_json_array_file_is_one_dead_letter(tmp_path: Path) -> None:
+def test_broken_json_array_file_keeps_the_elements_before_the_break(tmp_path: Path) -> None:
     path = tmp_path / "arr.json"
-    path.write_text('[{"text": "a"}, ', encoding="utf-8")
-    (item,) = read(path)
-    assert isinstance(item, DeadLetter) and item.reason == "invalid_json" and item.ref == str(path)
+    path.write_text('[{"text": "a"}, {"text": "b"', encoding="utf-8")
+    first, rest = read(path)  # the array is read element by element: what comes before the break is kept
+    assert isinstance(first, Document) and first.text == "a"
+    assert isinstance(rest, DeadLetter) and rest.reason == "invalid_json" and rest.ref == f"{path}#1"
 
 
 # --------------------------------------------------------------------------- CSV / TSV

@@ -2,21 +2,22 @@
 
 `parse_record` never raises for bad data. Reasons are `worker.sources.validation`'s codes
 (invalid_json, invalid_utf8, not_an_object, missing_text, wrong_type, empty_text,
-too_large, invalid_id) plus `null_value` for a tombstone. Every item carries its position
+too_large, too_deep, duplicate_key, number_out_of_range, invalid_id) plus `null_value`
+for a tombstone. Values are decoded with the strict decoder of the source boundary
+(`validation.decode_json`). Every item carries its position
 `topic/partition/offset`: a document's `source_ref`; a dead letter's `ref` when the record
 has no usable id, else the end of its detail `(at topic/partition/offset)`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from schemas.documents import DeadLetter
 from schemas.pipeline import KafkaSource
 from worker.sources.base import SourceItem
-from worker.sources.validation import clip_payload, to_document
+from worker.sources.validation import RecordProblem, checked_fields, dead_letter, decode_json, storable, to_document
 
 
 def position_ref(topic: str, partition: int, offset: int) -> str:
@@ -27,26 +28,22 @@ def header_fields(headers: list[tuple[str, bytes | None]] | None, mapping: Mappi
     """Document fields taken from record headers (`field -> header name`); the last header wins."""
     by_name = {name: value for name, value in headers or []}
     return {
-        doc_field: (by_name[header] or b"").decode("utf-8", errors="backslashreplace")
+        doc_field: storable((by_name[header] or b"").decode("utf-8", errors="backslashreplace"))
         for doc_field, header in mapping.items()
         if header in by_name
     }
 
 
 def _dead(reason: str, detail: str, ref: str, payload: bytes | str) -> DeadLetter:
-    return DeadLetter(ref=ref, reason=reason, detail=detail, payload=clip_payload(payload))
+    return dead_letter(ref, reason, detail, payload)
 
 
 def _decode_json(value: bytes, ref: str) -> Any:
-    """The parsed value, or a DeadLetter (invalid_utf8, invalid_json)."""
+    """The parsed value, or a DeadLetter (invalid_utf8, invalid_json, too_deep, duplicate_key, number_out_of_range)."""
     try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return _dead("invalid_utf8", f"the value is not UTF-8 ({exc.reason} at byte {exc.start})", ref, value)
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        return _dead("invalid_json", f"the value is not JSON: {str(exc)[:200]}", ref, value)
+        return decode_json(value)
+    except RecordProblem as problem:
+        return _dead(problem.reason, problem.detail, ref, value)
 
 
 def _text_record(key: bytes | None, value: bytes, ref: str) -> dict[str, Any] | DeadLetter:
@@ -89,4 +86,10 @@ def parse_record(record: Any, spec: KafkaSource) -> SourceItem:
     if isinstance(item, DeadLetter):
         return item if item.ref == ref else item.model_copy(update={"detail": f"{item.detail} (at {ref})"})
     extra = header_fields(record.headers, spec.headers)
-    return item.model_copy(update={"meta": {**item.meta, **extra}}) if extra else item
+    if not extra:
+        return item
+    try:
+        meta = checked_fields({**item.meta, **extra})
+    except RecordProblem as problem:
+        return _dead(problem.reason, f"{problem.detail} (at {ref})", item.id, value)
+    return item.model_copy(update={"meta": meta})
