@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.pipeline import FileSource
+from tests.wheel_helpers import build_wheel
 from worker import resources, scaffold
 from worker.cli import main
 from worker.config import load_pipeline
@@ -35,18 +34,15 @@ def test_shipped_pipelines_are_the_top_level_pipeline_files() -> None:
 
 
 def test_wheel_carries_every_module_and_data_file(tmp_path: Path) -> None:
-    """The wheel (built without dependencies, a few seconds) holds every source module, the migrations,
-    seed data, dashboard page and the top-level pipeline files under worker/pipelines/."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = tmp_path.glob("textworker-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {p.relative_to(REPO).as_posix() for top in ("worker", "schemas") for p in (REPO / top).rglob("*.py") if "__pycache__" not in p.parts}
-    expected |= {f"worker/pipelines/{p.name}" for p in (REPO / "pipelines").glob("*.yaml")}
+    """The wheel (built without dependencies, a few seconds) holds every source module and nothing else
+    of Python, the migrations, seed data, dashboard page and the top-level pipeline files under worker/pipelines/."""
+    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+    modules = {p.relative_to(REPO).as_posix() for top in ("worker", "schemas") for p in (REPO / top).rglob("*.py") if "__pycache__" not in p.parts}
+    expected = modules | {f"worker/pipelines/{p.name}" for p in (REPO / "pipelines").glob("*.yaml")}
     for folder in ("worker/seed", "worker/dashboard/page", "worker/sinks/migrations"):
         expected |= {p.relative_to(REPO).as_posix() for p in (REPO / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     assert expected - names == set()
+    assert {n for n in names if n.endswith(".py")} == modules
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "infra/"))]
 
 
