@@ -60,6 +60,28 @@ class KafkaSecurity(StrictModel):
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
 
+    @model_validator(mode="after")
+    def _sasl_needs_a_sasl_protocol(self) -> KafkaSecurity:
+        sasl = self.sasl_mechanism or self.sasl_username or self.sasl_password_env
+        if sasl and not self.protocol.startswith("SASL_"):
+            raise ValueError(
+                f"SASL settings are set but `protocol` is {self.protocol}, which would connect without them: "
+                "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)"
+            )
+        if self.protocol.startswith("SASL_") and not self.sasl_mechanism:
+            raise ValueError(f"`protocol: {self.protocol}` needs `sasl_mechanism` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        return self
+
+
+# kafka-python settings that `security` owns; `client_options` may not set them, so a pipeline
+# file cannot turn TLS, SASL or certificate checks off (or swap credentials) behind `security`'s back.
+SECURITY_CLIENT_KEYS = frozenset({
+    "bootstrap_servers", "security_protocol", "ssl_context", "ssl_check_hostname", "ssl_cafile", "ssl_certfile",
+    "ssl_keyfile", "ssl_password", "ssl_crlfile", "ssl_ciphers", "sasl_mechanism", "sasl_plain_username",
+    "sasl_plain_password", "sasl_kerberos_name", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+})
+
 
 class KafkaSource(StrictModel):
     """Documents from Kafka topics, read in a consumer group.
@@ -106,6 +128,15 @@ class KafkaSource(StrictModel):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("client_options")
+    @classmethod
+    def _no_security_overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted(k for k in value if k.lower() in SECURITY_CLIENT_KEYS or k.lower().startswith(("ssl_", "sasl_")))
+        if owned:
+            raise ValueError(f"client_options may not set {', '.join(owned)}: set TLS and SASL under `security` "
+                             "(and the servers in `bootstrap_servers`)")
+        return value
 
     @model_validator(mode="after")
     def _topics_or_pattern(self) -> KafkaSource:

@@ -18,19 +18,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _missing(reason: str) -> None:
+def missing(reason: str) -> None:
+    """Skip with the reason on a developer's machine; fail when CI=true, where every service and data set must be present."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(reason)
 
 
+_missing = missing
+
+
+def shared_data_path() -> Path:
+    """../shared/data (or $TEXTWORKER_SHARED_DATA); a skip without it, a failure when CI=true (CI always has it)."""
+    path = Path(os.environ.get("TEXTWORKER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (path / "docs").is_dir():
+        missing(f"the shared data sets are not on this machine ({path}); set TEXTWORKER_SHARED_DATA")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public data sets (../shared/data, or $TEXTWORKER_SHARED_DATA)."""
-    path = Path(os.environ.get("TEXTWORKER_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (path / "docs").is_dir():
-        pytest.skip(f"the shared data sets are not on this machine ({path}); set TEXTWORKER_SHARED_DATA")
-    return path
+    return shared_data_path()
 
 
 @pytest.fixture(scope="session")

@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "required when --host is not loopback")
     _add_common(p)
 
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host name to answer to besides loopback names and IP addresses (repeatable; also $TEXTWORKER_ALLOWED_HOSTS)")
     p = sub.add_parser("review", help="the active-learning review queue: list low-confidence predictions, label them")
     rsub = p.add_subparsers(dest="review_command", required=True)
     r = rsub.add_parser("list", help="a stage's review items, least confident first")

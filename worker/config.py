@@ -155,6 +155,26 @@ def parse_pipeline(text: str, filename: str = "<pipeline>", env: Mapping[str, st
     return spec
 
 
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<password>.*)@")  # up to the last @
+
+
+def hide_password(url: str | None) -> str:
+    """A database URL fit to print or log: `postgresql://user:***@host/db`; other URLs unchanged.
+
+    Uses SQLAlchemy's own rendering when the URL parses, and a pattern on anything else,
+    so even a malformed URL never shows its password.
+    """
+    if not url:
+        return ""
+    try:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: the pattern below still hides a password
+        shown = url
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", shown)
+
+
 def load_pipeline(path: str | Path, env: Mapping[str, str] | None = None) -> PipelineSpec:
     """Read and validate a pipeline file from disk."""
     path = Path(path)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +19,7 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     data = shared_data / "ag_news" / "test.tsv"
     reviews = shared_data / "docs" / "amazon_reviews.jsonl"
     if not data.is_file() or not reviews.is_file():
-        pytest.skip("../shared/data is not here")
+        missing(f"{data} and {reviews} (part of ../shared/data)")
     env_models = {"TEXTWORKER_MODELS_DIR": str(models_dir)}
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", str(data), str(reviews),

@@ -188,7 +188,10 @@ def test_models_and_feedback_are_empty_lists_on_a_fresh_store(base: str) -> None
 
 def test_window_and_bucket_parsing() -> None:
     assert window_seconds("24h") == 86400 and window_seconds("7d") == 7 * 86400 and window_seconds("90m") == 5400
-    assert window_seconds("nonsense") == 86400 and window_seconds("1s") == 60
+    assert window_seconds(None) == 86400 and window_seconds("1s") == 60
+    for bad in ("nonsense", "nan", "inf", "-1h", "0", "1e400d", "h"):
+        with pytest.raises(ValueError, match="not a positive duration"):
+            window_seconds(bad)
     assert bucket_for(3600) == 60 and bucket_for(86400) == 1800 and bucket_for(30 * 86400) == 43200
 
 

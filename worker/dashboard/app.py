@@ -20,10 +20,14 @@ the router is mounted):
     GET  /api/live                  live metrics: this process and the --metrics-url targets
     GET  /metrics                   Prometheus text format (this process + SQL gauges)
 
-Pages take `before=<id>` (keyset) and `limit` (at most 200). With a token every route
+Pages take `before=<id>` (keyset) and `limit` (at most 200); a number out of range or
+a `window` that is not a duration (`nan`, `-1h`) is a 422. With a token every route
 needs `Authorization: Bearer <token>` or the session cookie the sign-in form sets; a
 POST authorised by the cookie must also carry `X-Textworker: 1` (a header other sites'
-pages cannot send), which the page's own script does.
+pages cannot send), which the page's own script does. `make_app` (and `textworker
+serve`, which mounts this router) adds `worker.observability.http_guard`: the Host
+allow-list, the body limit before auth, and the JSON + header rule for every POST,
+with or without a token. Database errors never reach a response body.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import urllib.parse
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -44,9 +48,20 @@ from worker.dashboard import live
 from worker.dashboard.queries import DashboardStore, window_seconds
 from worker.observability import metrics
 from worker.observability.auth import COOKIE, BearerAuth, resolve_token
+from worker.observability.http_guard import DEFAULT_DASHBOARD_BODY_BYTES, allowed_hosts, harden
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).parent / "page"
+MAX_ROW_ID = 2**63 - 1  # a BIGINT id; larger numbers are refused (422), never sent to the database
+Limit = Annotated[int, Query(ge=1, le=10_000, description="Rows per page (at most 200 are returned).")]
+RowId = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
+
+
+def window_of(text: str | None) -> float:
+    try:
+        return window_seconds(text)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @lru_cache(maxsize=1)
@@ -64,11 +79,16 @@ def login_html(error: str = "") -> str:
 
 
 def make_router(spec: PipelineSpec | None, database_url: str, *, token: str | None = None,
-                metrics_urls: Sequence[str] = ()) -> APIRouter:
-    """The dashboard's routes over `database_url`; `token` defaults to $TEXTWORKER_TOKEN."""
+                metrics_urls: Sequence[str] = (), own_hosts: Sequence[str] = ()) -> APIRouter:
+    """The dashboard's routes over `database_url`; `token` defaults to $TEXTWORKER_TOKEN.
+
+    `own_hosts`: the names this dashboard answers to besides loopback (`--allowed-host`);
+    a `metrics_urls` target on one of them (or on loopback) is sent the token, no other is.
+    """
     token = resolve_token(token)
     auth = BearerAuth(token)
     store = DashboardStore(database_url, spec)
+    token_hosts = allowed_hosts(own_hosts)
 
     def authorised(request: Request) -> bool:
         if auth.check_header(request.headers.get("authorization")):
@@ -133,18 +153,18 @@ def make_router(spec: PipelineSpec | None, database_url: str, *, token: str | No
 
     @api.get("/throughput")
     def throughput(pipeline: str | None = None, window: str | None = None) -> dict[str, Any]:
-        return store.throughput(pipeline_of(pipeline), window_seconds(window))
+        return store.throughput(pipeline_of(pipeline), window_of(window))
 
     @api.get("/spam-rate")
     def spam_rate(pipeline: str | None = None, window: str | None = None) -> dict[str, Any]:
-        return store.spam_rate(pipeline_of(pipeline), window_seconds(window))
+        return store.spam_rate(pipeline_of(pipeline), window_of(window))
 
     @api.get("/runs")
-    def runs(pipeline: str | None = None, limit: int = 50) -> dict[str, Any]:
+    def runs(pipeline: str | None = None, limit: Limit = 50) -> dict[str, Any]:
         return store.runs(pipeline_of(pipeline), limit)
 
     @api.get("/samples")
-    def samples(stage: str, pipeline: str | None = None, before: int | None = None, limit: int = 20) -> dict[str, Any]:
+    def samples(stage: str, pipeline: str | None = None, before: RowId | None = None, limit: Limit = 20) -> dict[str, Any]:
         return store.samples(pipeline_of(pipeline), stage, before, limit)
 
     @api.get("/dead-letters/reasons")
@@ -153,7 +173,7 @@ def make_router(spec: PipelineSpec | None, database_url: str, *, token: str | No
 
     @api.get("/dead-letters")
     def dead_letters(pipeline: str | None = None, reason: str | None = None, status: str = "all",
-                     before: int | None = None, limit: int = 50) -> dict[str, Any]:
+                     before: RowId | None = None, limit: Limit = 50) -> dict[str, Any]:
         if status not in ("all", "pending", "requeued"):
             raise HTTPException(422, "status is all, pending or requeued")
         return store.dead_letters(pipeline_of(pipeline), reason=reason, status=status, before=before, limit=limit)
@@ -166,18 +186,19 @@ def make_router(spec: PipelineSpec | None, database_url: str, *, token: str | No
             raise HTTPException(422, "send JSON: {\"ids\": [...]} or {\"reason\": ...}") from exc
         if not isinstance(body, dict) or not (isinstance(body.get("ids"), list) or isinstance(body.get("reason"), str)):
             raise HTTPException(422, "send {\"ids\": [1, 2]} or {\"reason\": \"stage_error\", \"stage\": \"qa\"}")
+        if not isinstance(body.get("stage"), str | None):
+            raise HTTPException(422, "stage is a stage name")
         name = pipeline_of(pipeline)
-        try:
-            ids = [int(i) for i in body.get("ids") or []]
-        except (TypeError, ValueError) as exc:
-            raise HTTPException(422, "ids are integers") from exc
+        ids = body.get("ids") or []
+        if not all(type(i) is int and 0 <= i <= MAX_ROW_ID for i in ids):
+            raise HTTPException(422, "ids are the integer ids of dead letters")
         marked = store.requeue(name, ids=ids, reason=body.get("reason"), stage=body.get("stage"))
         log.info("dead letters marked for requeue", extra={"pipeline": name, "marked": marked, "reason": body.get("reason")})
         return JSONResponse({"pipeline": name, "marked": marked,
                              "next": f"run `textworker requeue PIPELINE_FILE` for pipeline `{name}` to process them"})
 
     @api.get("/models")
-    def models(name: str | None = None, events: int = 100) -> dict[str, Any]:
+    def models(name: str | None = None, events: Limit = 100) -> dict[str, Any]:
         return store.models(name, events)
 
     @api.get("/feedback")
@@ -186,7 +207,7 @@ def make_router(spec: PipelineSpec | None, database_url: str, *, token: str | No
 
     @api.get("/live")
     def live_metrics() -> dict[str, Any]:
-        return {"sources": live.snapshot(metrics_urls, token)}
+        return {"sources": live.snapshot(metrics_urls, token, token_hosts)}
 
     router.include_router(api)
     return router
@@ -200,10 +221,12 @@ def _cookie_path(request: Request) -> str:
     return path[: path.rfind("/") + 1] or "/"
 
 
-def make_app(spec: PipelineSpec | None, database_url: str, *, token: str | None = None, metrics_urls: Sequence[str] = ()) -> Any:
-    """The standalone app of `textworker dashboard`: the router at `/`."""
+def make_app(spec: PipelineSpec | None, database_url: str, *, token: str | None = None, metrics_urls: Sequence[str] = (),
+             allowed: Sequence[str] = (), max_body_bytes: int = DEFAULT_DASHBOARD_BODY_BYTES) -> Any:
+    """The standalone app of `textworker dashboard`: the router at `/`, behind `http_guard.harden`
+    (Host allow-list with `allowed`, body limit, the token on every route, the CSRF rule)."""
     from fastapi import FastAPI
-
+    token = resolve_token(token)
     app = FastAPI(title="textworker dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(make_router(spec, database_url, token=token, metrics_urls=metrics_urls))
-    return app
+    app.include_router(make_router(spec, database_url, token=token, metrics_urls=metrics_urls, own_hosts=allowed))
+    return harden(app, max_body_bytes=max_body_bytes, token=token, extra_hosts=allowed)

@@ -23,7 +23,11 @@ def add_dashboard_parser(sub: Any, add_common: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs a token")
     p.add_argument("--port", type=int, default=8050)
     p.add_argument("--token", default=None, help="bearer token for every route (default $TEXTWORKER_TOKEN)")
-    p.add_argument("--metrics-url", action="append", default=[], help="a worker's /metrics to show live (repeatable)")
+    p.add_argument("--metrics-url", action="append", default=[],
+                   help="a worker's /metrics to show live (repeatable); the token is sent only to loopback and --allowed-host targets")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the dashboard answers to besides loopback names and IP addresses (repeatable; "
+                        "also $TEXTWORKER_ALLOWED_HOSTS); other names get 400, which stops DNS rebinding")
     add_common(p)
 
     p = sub.add_parser("requeue", help="send the dead letters marked for requeue through the pipeline again")
@@ -53,7 +57,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline) if args.pipeline else None
     token = resolve_token(args.token)
     check_bind(args.host, token)
-    app = make_app(spec, _database_url(args, spec), token=token, metrics_urls=args.metrics_url)
+    app = make_app(spec, _database_url(args, spec), token=token, metrics_urls=args.metrics_url,
+                   allowed=getattr(args, "allowed_host", None) or ())
     if not (args.quiet or args.json):
         print(f"dashboard on http://{args.host}:{args.port}/ ({'token required' if token else 'no token: loopback only'})", flush=True)
     try:

@@ -1,8 +1,9 @@
 """Live figures for the dashboard: this process's metrics and those of the workers it is told about.
 
 `textworker dashboard --metrics-url http://worker:9400/metrics` (repeatable) scrapes
-each worker's `/metrics` when the Live tab asks (2 s timeout each, the dashboard's token
-sent as the bearer token), parses the text format with prometheus_client's parser and
+each worker's `/metrics` when the Live tab asks (2 s timeout each, redirects not
+followed; the dashboard's token is sent as the bearer token only to targets on the
+dashboard's own host, see `gets_token`), parses the text format with prometheus_client's parser and
 sums it up per stage: documents in/out/failed, latency p50/p95 from the histogram
 buckets (as PromQL's `histogram_quantile` does), tokens/s, padding waste, model
 version, consumer lag per partition, dead letters by reason, GPU memory.
@@ -10,8 +11,10 @@ version, consumer lag per partition, dead letters by reason, GPU memory.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker.observability import metrics
 
 FETCH_TIMEOUT_S = 2.0
+MAX_EXPOSITION_BYTES = 16 * 1024 * 1024
+LOOPBACK = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
@@ -83,18 +88,44 @@ def summarise(text: str) -> dict[str, Any]:
     return {"stages": rows, "lag": lag, "dead_letters": dead, "gpu": gpu, "runs": runs}
 
 
-def fetch(url: str, token: str | None) -> str:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 - operator-given URL
-        return str(response.read().decode("utf-8"))
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would carry the Authorization header to wherever it points."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl[:100]} not followed", headers, fp)
 
 
-def snapshot(targets: Iterable[str], token: str | None) -> list[dict[str, Any]]:
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def gets_token(url: str, own_hosts: frozenset[str]) -> bool:
+    """The dashboard's token goes only to a target on this dashboard's own host: a loopback address
+    or a name in `own_hosts` (the names the dashboard answers to: loopback names and --allowed-host)."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower().rstrip(".")
+    if host in own_hosts:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch(url: str, token: str | None, own_hosts: frozenset[str] = LOOPBACK) -> str:
+    """GET one target's exposition: http(s) only, 2 s timeout, no redirects, the token only for our own host."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError("only http:// and https:// metrics URLs are read")
+    send_token = token is not None and gets_token(url, own_hosts)
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if send_token else {})
+    with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
+        return str(response.read(MAX_EXPOSITION_BYTES).decode("utf-8", "replace"))
+
+
+def snapshot(targets: Iterable[str], token: str | None, own_hosts: frozenset[str] = LOOPBACK) -> list[dict[str, Any]]:
     """One entry per source: this process first, then each target (with its error, if unreachable)."""
     out = [{"source": "this process", "error": None, **summarise(metrics.render().decode("utf-8"))}]
     for url in targets:
         try:
-            out.append({"source": url, "error": None, **summarise(fetch(url, token))})
+            out.append({"source": url, "error": None, **summarise(fetch(url, token, own_hosts))})
         except (OSError, urllib.error.URLError, ValueError) as exc:
             out.append({"source": url, "error": str(getattr(exc, "reason", exc))[:200], "stages": [], "lag": [], "dead_letters": [], "gpu": [], "runs": []})
     return out

@@ -408,12 +408,18 @@ def _sample_output(kind: str, output: Any) -> dict[str, Any]:
 
 
 def window_seconds(text: str | None, default_s: float = 86400.0) -> float:
-    """`1h`, `24h`, `7d`, `30m`, or plain seconds -> seconds (1 minute to 400 days)."""
+    """`1h`, `24h`, `7d`, `30m`, or plain seconds -> seconds (1 minute to 400 days).
+
+    Raises ValueError for anything else (`nan`, `inf`, `-1h`, `soon`), which the API answers with 422.
+    """
     if not text:
         return default_s
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1] in units else (text, 1)
     try:
-        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        return default_s
+        value = float(number) * unit
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"window `{text[:40]}` is not a positive duration: use e.g. 90m, 24h or 7d")
     return min(max(value, 60.0), timedelta(days=400).total_seconds())

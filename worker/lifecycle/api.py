@@ -52,8 +52,13 @@ def _lazy_engine(database_url: str) -> Callable[[], Engine]:
     return get
 
 
-def make_router(spec: PipelineSpec, database_url: str) -> APIRouter:
-    """A router with `POST /v1/feedback` storing rows for `spec`'s stages in `database_url`."""
+def make_router(spec: PipelineSpec, database_url: str, *, token: str | None = None) -> APIRouter:
+    """A router with `POST /v1/feedback` storing rows for `spec`'s stages in `database_url`.
+
+    `token` is accepted for symmetry with the other mounted routers: the app's own
+    middleware (`worker.observability.http_guard`) guards this route.
+    """
+    del token
     router = APIRouter(tags=["feedback"])
     engine = _lazy_engine(database_url)
     stages = {stage.name: stage for stage in spec.stages}

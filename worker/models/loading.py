@@ -146,9 +146,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def load_pretrained(auto_cls: Any, ref: ModelRef, revision: str | None = None, **kwargs: Any) -> Any:
     """`auto_cls.from_pretrained` with safe settings and clear errors."""
-    kwargs = {"trust_remote_code": False, **kwargs}
-    if auto_cls.__name__ != "AutoTokenizer":
-        kwargs.setdefault("use_safetensors", True)
+    kwargs = {**kwargs, "trust_remote_code": False}  # never overridable: no remote code, and weights from safetensors only
+    if not auto_cls.__name__.endswith("Tokenizer"):
+        kwargs["use_safetensors"] = True
     if not ref.local:
         kwargs["revision"] = revision
         try:

@@ -91,7 +91,13 @@ class ChampionLookup:
             raise LookupFailed(str(exc).splitlines()[0][:300]) from exc
         if ref is None:
             return None
-        return Champion(str(Path(ref.artifact_path).expanduser().resolve()), ref.version, "registry")
+        location = Path(ref.artifact_path).expanduser().resolve()
+        if not location.is_relative_to(self.family.resolve()):
+            # a registry row is data anyone with write access to the database can change: never load from elsewhere
+            log.error("registry champion lies outside its family directory; not loaded",
+                      extra={"model": self.name, "version": ref.version, "artifact_path": str(location)[:300], "family": str(self.family)})
+            raise LookupFailed(f"the registry's champion of `{self.name}` lies at {location}, outside the family directory {self.family}")
+        return Champion(str(location), ref.version, "registry")
 
     def close(self) -> None:
         if self._engine is not None:

@@ -123,10 +123,42 @@ def settings_from_args(args: ServeArgs, spec: PipelineSpec) -> ServeSettings:
     return ServeSettings(**fields, database_url=database_url)
 
 
+def serve_http_host() -> str | None:
+    """The address Serve's HTTP proxies listen on (`http_options.host`), or None when no controller answers."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    if not ray.is_initialized():
+        return None
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        config: Any = ray.get(controller.get_http_config.remote(), timeout=30)
+        host = config.host
+    except Exception as exc:  # noqa: BLE001 - no controller (or another Ray version): the caller assumes the worst
+        log.warning("could not read Serve's HTTP address", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+        return None
+    return str(host) if host else None
+
+
 def app_builder(args: dict[str, Any]) -> Any:
-    """Application builder for Serve config files: `args` are `ServeArgs` fields."""
+    """Application builder for Serve config files: `args` are `ServeArgs` fields.
+
+    Refuses (TextworkerError) to build an application that Serve would expose on any
+    address but loopback without a token: `token` in `args`, else $TEXTWORKER_TOKEN
+    where the builder runs (a Kubernetes secret in infra/kuberay/rayservice.yaml).
+    The token then travels to the ingress replica inside the settings, never in a log.
+    """
+    from pydantic import SecretStr
+
     from worker.config import load_pipeline
+    from worker.observability.auth import check_bind, resolve_token
 
     parsed = ServeArgs.model_validate(args)
+    token = parsed.token.get_secret_value() if parsed.token else resolve_token()
+    host = serve_http_host()
+    check_bind(host if host is not None else "an unknown Serve HTTP address", token)
     spec = load_pipeline(parsed.pipeline)
-    return build_application(spec, settings_from_args(parsed, spec))
+    settings = settings_from_args(parsed, spec)
+    if token:
+        settings = settings.model_copy(update={"token": SecretStr(token)})
+    return build_application(spec, settings)

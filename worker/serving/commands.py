@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import Any
 
+from worker.config import hide_password
 from worker.errors import TextworkerError
 
 
@@ -25,7 +26,7 @@ def serve_settings(args: argparse.Namespace, spec: Any) -> Any:
     return ServeSettings(
         max_concurrent=args.max_concurrent, max_documents=args.max_documents, max_body_bytes=args.max_body_bytes,
         database_url=url, batch_calls=args.batch_calls, batch_wait_ms=args.batch_wait_ms,
-        token=SecretStr(token) if token else None,
+        token=SecretStr(token) if token else None, allowed_hosts=tuple(getattr(args, "allowed_host", None) or ()),
     )
 
 
@@ -40,7 +41,7 @@ def _start(spec: Any, settings: Any, args: argparse.Namespace) -> None:
     except RuntimeError as exc:
         raise TextworkerError(f"the application did not start: {str(exc)[:2000]}",
                               hint="the replica logs above say why (a missing model, too few CPUs/GPUs)") from exc
-    stored = f", results into {settings.database_url}" if settings.database_url else ""
+    stored = f", results into {hide_password(settings.database_url)}" if settings.database_url else ""
     print(f"serving `{spec.name}` on http://{args.host}:{args.port}/v1/documents (API docs: /docs){stored}; "
           "SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
 

@@ -38,7 +38,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
-from worker.observability.auth import BearerAuth, BearerAuthMiddleware, resolve_token
+from worker.observability.auth import resolve_token
+from worker.observability.http_guard import harden
 from worker.serving.chain import Context, Outcome, run_chain
 from worker.serving.payloads import (
     DocumentOut,
@@ -111,8 +112,9 @@ async def _bad_json_is_400(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-def mount_routers(app: FastAPI, spec: PipelineSpec, database_url: str | None) -> list[str]:
-    """Include `make_router(spec, database_url)` of every installed module in MOUNTED_ROUTERS."""
+def mount_routers(app: FastAPI, spec: PipelineSpec, database_url: str | None, token: str | None = None) -> list[str]:
+    """Include `make_router(spec, database_url, token=token)` of every installed module in MOUNTED_ROUTERS
+    (the token signs the dashboard's form in with the same token the app requires)."""
     mounted: list[str] = []
     if database_url is None:
         return mounted
@@ -128,7 +130,7 @@ def mount_routers(app: FastAPI, spec: PipelineSpec, database_url: str | None) ->
             log.warning("router module failed to import; not mounted", extra={"module": name, "error": str(exc)})
             continue
         try:
-            app.include_router(module.make_router(spec, database_url))
+            app.include_router(module.make_router(spec, database_url, token=token))
         except Exception as exc:  # noqa: BLE001 - a broken optional router must not take the document API down
             log.warning("router could not be built; not mounted", extra={"module": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
@@ -167,8 +169,8 @@ class DocumentsIngress:
         app.add_middleware(DocumentsGate, limit=self.settings.max_concurrent, max_body_bytes=self.settings.max_body_bytes,
                            retry_after_s=self.settings.retry_after_s)
         token = self.settings.token.get_secret_value() if self.settings.token else resolve_token()
-        if token:  # added last, so it runs first: unauthenticated requests never reach the gate
-            app.add_middleware(BearerAuthMiddleware, auth=BearerAuth(token))
+        # added last, so they run first: Host check, body limit, token, CSRF rule, then the gate
+        harden(app, max_body_bytes=self.settings.max_body_bytes, token=token, extra_hosts=self.settings.allowed_hosts)
         errors: dict[int | str, dict[str, Any]] = {
             400: {"model": ErrorBody, "description": "Malformed JSON."},
             413: {"model": ErrorBody, "description": "Body or document count over the limit."},
@@ -192,7 +194,7 @@ class DocumentsIngress:
             return JSONResponse({"ready": ready, "pipeline": self.spec.name, "stages": stages, "served": self.served},
                                 status_code=200 if ready else 503)
 
-        mount_routers(app, self.spec, self.settings.database_url)
+        mount_routers(app, self.spec, self.settings.database_url, token)
         return app
 
     @asynccontextmanager
@@ -249,7 +251,7 @@ class DocumentsIngress:
             await asyncio.to_thread(self.sink.write, SinkBatch(documents=docs, results=results, dead_letters=letters))
         except Exception as exc:  # noqa: BLE001 - any storage failure is a retryable 503 for the client
             log.warning("could not store served results", extra={"error": str(exc)[:300]})
-            raise HTTPException(503, f"the results could not be stored: {str(exc)[:200]}",
+            raise HTTPException(503, "the results could not be stored; retry (the server log has the database's message)",
                                 headers={"Retry-After": str(self.settings.retry_after_s)}) from exc
         return True
 

@@ -26,6 +26,10 @@ class ServeSettings(BaseModel):
     token: SecretStr | None = Field(
         default=None, description="Bearer token for every route but the health probes; None: $TEXTWORKER_TOKEN in the ingress replica, else open."
     )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names the server answers to besides loopback names and IP literals (DNS-rebinding guard); "
+        "`*` turns the check off. $TEXTWORKER_ALLOWED_HOSTS (comma-separated) adds more.",
+    )
     ingress_cpus: float = Field(default=0.1, gt=0, description="CPUs the HTTP ingress replica asks for.")
     fit_to_cluster: bool = Field(
         default=True,

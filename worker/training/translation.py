@@ -199,7 +199,7 @@ def train_translation(
         build_scratch_model(pairs, out_dir, size=size, seed=seed)
         base = out_dir
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSeq2SeqLM.from_pretrained(base)
+    model = AutoModelForSeq2SeqLM.from_pretrained(base, use_safetensors=True)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
@@ -332,7 +332,7 @@ def evaluate_translation(
 
     if isinstance(model_dir_or_model, (str, Path)):
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir_or_model)
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir_or_model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir_or_model, use_safetensors=True)
     else:
         model = model_dir_or_model
         if tokenizer is None:
