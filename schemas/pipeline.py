@@ -242,6 +242,13 @@ class FinetuneGate(StrictModel):
         default=None, ge=0, description="Least improvement, in the metric's units (default 0.01 on 0..1 metrics, 1.0 on 0..100 ones)."
     )
     max_recall_drop: float = Field(default=0.05, ge=0, le=1, description="Largest allowed drop of any label's recall.")
+    max_regression: float | None = Field(
+        default=None, ge=0, description="Largest allowed fall of the metric on each of the champion's reference sets, in the "
+        "metric's units (default 0.02 on 0..1 metrics, 2.0 on 0..100 ones); the recall rule applies on each set too.",
+    )
+    references: bool = Field(
+        default=True, description="Guard every reference set of the champion; false (explicit opt-out) judges the target only.",
+    )
 
 
 class FinetuneSchedule(StrictModel):
@@ -272,8 +279,16 @@ class FinetuneSpec(StrictModel):
     """A stage's fine-tuning from labelled feedback (`textworker finetune`, `textworker schedule`)."""
 
     eval_data: str | None = Field(default=None, description="Frozen evaluation set (same format as `train --data`).")
-    base_data: str | None = Field(default=None, description="Original training data mixed in against forgetting.")
-    base_mix: float = Field(default=1.0, ge=0, le=100, description="Base rows per feedback training row.")
+    base_data: str | None = Field(
+        default=None, description="Training data replayed against forgetting (default: the champion's recorded training data, "
+        "or its snapshot when the file is gone).",
+    )
+    base_mix: float = Field(default=1.0, ge=0, le=100, description="Replay rows per feedback training row; 0 turns replay off.")
+    retry: bool = Field(default=True, description="When a candidate fails only the reference guard, train once more with twice the replay.")
+    move_pointer: bool = Field(
+        default=False, description="On promotion also move the family's on-disk `current` file (what pipelines without this "
+        "database load); by default only the registry changes.",
+    )
     epochs: float = Field(default=2.0, gt=0, le=100)
     lr: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, gt=0)

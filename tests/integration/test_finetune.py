@@ -82,8 +82,8 @@ def test_feedback_finetune_promotes_then_rejects_a_candidate_trained_on_shuffled
         version = first["candidate"]
         ref = champion(registry.engine, "spam")
         assert ref is not None and ref.registry_version == version and ref.version == f"spam@{version}"
-        assert (family / "current").read_text(encoding="utf-8").strip() == version
-        assert loading.resolve(str(family)).version == ref.version
+        assert (family / "current").read_text(encoding="utf-8").strip() == "v0-weak"  # the registry decides; the pointer stays
+        assert loading.resolve(str(family)).version == "spam@v0-weak"
         assert registry.require("spam", "v0-weak").status == RETIRED
         record = registry.require("spam", version)
         with registry.engine.connect() as conn:
@@ -103,7 +103,7 @@ def test_feedback_finetune_promotes_then_rejects_a_candidate_trained_on_shuffled
         rejected = registry.require("spam", second["candidate"])
         assert rejected.status == CANDIDATE and rejected.reason == f"gate: {second['reason']}"
         assert registry.require("spam", version).status == CHAMPION
-        assert (family / "current").read_text(encoding="utf-8").strip() == version
+        assert (family / "current").read_text(encoding="utf-8").strip() == "v0-weak"
         actions = [(e["action"], e["version"]) for e in registry.events("spam")]
         assert actions == [("register", "v0-weak"), ("promote", "v0-weak"), ("register", version), ("retire", "v0-weak"),
                            ("promote", version), ("register", second["candidate"]), ("reject", second["candidate"])]
@@ -131,10 +131,22 @@ def test_too_little_feedback_trains_nothing_and_models_commands_manage_versions(
     db = ["--database-url", sqlite_url]
     promoted = cli_json(capsys, "models", "promote", "spam", "v1", "--dir", str(tmp_path / "models"), "--reason", "hand-picked", *db)
     assert isinstance(promoted, dict) and promoted["status"] == CHAMPION and promoted["model_version"] == "spam@v1"
+    assert promoted["pointer_moved"] is False and (family / "current").read_text(encoding="utf-8").strip() == "v0-weak"
+    capsys.readouterr()
+    assert main(["models", "list", "--dir", str(tmp_path / "models"), *db]) == 0
+    listing = capsys.readouterr()
+    warning = ("warning: `spam`: the registry's champion is v1 but the on-disk `current` file names v0-weak; "
+               "pipelines against this database load v1, others load v0-weak")
+    assert warning in listing.out and warning in listing.err
+    moved = cli_json(capsys, "models", "promote", "spam", "v1", "--pointer", "--dir", str(tmp_path / "models"), *db)
+    assert isinstance(moved, dict) and moved["pointer_moved"] is True and moved["status"] == CHAMPION
     assert (family / "current").read_text(encoding="utf-8").strip() == "v1"
     listed = cli_json(capsys, "models", "list", "--dir", str(tmp_path / "models"), *db)
     assert isinstance(listed, list)
     assert {(r["version"], r["status"], r["current"]) for r in listed} == {("v0-weak", RETIRED, False), ("v1", CHAMPION, True)}
+    capsys.readouterr()
+    assert main(["models", "list", "--dir", str(tmp_path / "models"), *db]) == 0
+    assert "warning" not in capsys.readouterr().err
     back = cli_json(capsys, "models", "rollback", "spam", "--reason", "v1 is no better", *db)
     assert isinstance(back, dict) and back["version"] == "v0-weak"
     shown = cli_json(capsys, "models", "show", "spam", "v1", *db)

@@ -64,3 +64,39 @@ def test_defaults_follow_the_stage_type() -> None:
     assert (tr.metric, tr.margin) == ("bleu", 0.5)
     assert decide({"bleu": 21.0}, {"bleu": 20.0}, tr).promote
     assert not decide({"bleu": 20.4}, {"bleu": 20.0}, tr).promote
+
+
+def test_every_reference_set_is_guarded_with_a_line_per_set() -> None:
+    from worker.lifecycle.gate import decide_with_references
+
+    rules = GateRules("f1:spam", margin=0.05, max_recall_drop=0.1, max_regression=0.02)
+    kept = ("sms.eval", "eval", GOOD, GOOD)
+    forgot = ("seed.train", "train", WEAK, GOOD)  # the candidate lost 2 of 4 spam on this set
+    decision = decide_with_references(GOOD, WEAK, [kept, forgot], rules)
+    assert not decision.promote and decision.target_ok is True and decision.guard_ok is False
+    assert [(line["set"], line["ok"]) for line in decision.sets] == [("sms.eval", True), ("seed.train", False)]
+    fall = GOOD["per_label"]["spam"]["f1"] - WEAK["per_label"]["spam"]["f1"]
+    assert f"reference set seed.train (12 rows): f1:spam falls by {fall:.4f}" in decision.reason
+    assert "more than max_regression 0.02" in decision.reason and "recall of `spam` drops by 0.5000" in decision.reason
+    assert "sms.eval" not in decision.reason
+    passed = decide_with_references(GOOD, WEAK, [kept], rules)
+    assert passed.promote and "within 0.02 on all 1 reference sets" in passed.reason
+    assert decide_with_references(GOOD, WEAK, [forgot], GateRules("f1:spam", 0.05, 0.1, references=False)).promote
+    both = decide_with_references(WEAK, GOOD, [forgot], rules)
+    assert not both.promote and both.reason.startswith("target: f1:spam changed by -") and "seed.train" in both.reason
+
+
+def test_max_regression_is_a_boundary_in_the_metric_units() -> None:
+    from worker.lifecycle.gate import guard_set
+
+    champ = {"f1": 80.0, "n": 50}
+    rules = GateRules("f1", margin=1.0, max_recall_drop=0.05, max_regression=2.0)
+    assert guard_set("qa.eval", "eval", {"f1": 78.0, "n": 50}, champ, rules).ok
+    line = guard_set("qa.eval", "eval", {"f1": 77.9, "n": 50}, champ, rules)
+    assert not line.ok and line.delta == -2.1 and "falls by 2.1000 (80.0000 -> 77.9000)" in line.reason
+    qa = rules_for(QaStage(name="q", model="m", questions=["q"]))
+    assert (qa.max_regression, qa.references) == (2.0, True)
+    spam = rules_for(SpamStage(name="s", model="m"))
+    assert (spam.max_regression, spam.references) == (0.02, True)
+    off = rules_for(SpamStage(name="s", model="m", finetune=FinetuneSpec(gate={"references": False, "max_regression": 0.05})))
+    assert (off.max_regression, off.references) == (0.05, False)

@@ -63,7 +63,7 @@ def test_bootstrap_registers_the_on_disk_current_version_as_champion(registry: M
     assert _actions(registry) == [("register", "v0-seed"), ("promote", "v0-seed")]
 
 
-def test_promote_retires_the_old_champion_and_moves_the_pointer(registry: ModelRegistry, family: Path) -> None:
+def test_promote_retires_the_old_champion_and_moves_the_pointer_only_when_asked(registry: ModelRegistry, family: Path) -> None:
     registry.bootstrap(_stage(family))
     _candidate(registry, family, "v1")
     assert registry.require("spam", "v1").status == CANDIDATE
@@ -71,12 +71,19 @@ def test_promote_retires_the_old_champion_and_moves_the_pointer(registry: ModelR
     assert registry.require("spam", "v1").status == CHAMPION
     old = registry.require("spam", "v0-seed")
     assert (old.status, old.reason) == (RETIRED, "replaced by v1")
-    assert (family / "current").read_text(encoding="utf-8").strip() == "v1"
-    assert loading.resolve(str(family)).version == "spam@v1"
+    assert (family / "current").read_text(encoding="utf-8").strip() == "v0-seed"  # the registry changed, the pointer did not
+    assert loading.resolve(str(family)).version == "spam@v0-seed"
+    _candidate(registry, family, "v1b")
+    registry.promote("spam", "v1b", "by hand", move_pointer=True)
+    assert (family / "current").read_text(encoding="utf-8").strip() == "v1b"
+    assert loading.resolve(str(family)).version == "spam@v1b"
+    registry.rollback("spam", "back to v1")
+    assert registry.require("spam", "v1").status == CHAMPION
     ref = champion(registry.engine, "spam")
     assert ref is not None and (ref.version, ref.registry_version) == ("spam@v1", "v1")
     promote = [e for e in registry.events("spam", "v1") if e["action"] == "promote"][0]
     assert promote["reason"] == "gate passed" and promote["details"]["delta"] == 0.2 and promote["details"]["previous"] == "v0-seed"
+    assert promote["details"]["pointer_moved"] is False
     assert sum(r.status == CHAMPION for r in registry.versions("spam")) == 1
     with pytest.raises(RegistryError, match="already the champion"):
         registry.promote("spam", "v1", "again")
@@ -99,8 +106,8 @@ def test_rollback_restores_the_previous_champion_and_never_returns_to_a_rolled_b
     registry.bootstrap(_stage(family))
     for version in ("v1", "v2"):
         _candidate(registry, family, version)
-        registry.promote("spam", version, "gate passed")
-    restored = registry.rollback("spam", "v2 mislabels receipts")
+        registry.promote("spam", version, "gate passed", move_pointer=True)
+    restored = registry.rollback("spam", "v2 mislabels receipts", move_pointer=True)
     assert restored.version == "v1" and restored.status == CHAMPION
     v2 = registry.require("spam", "v2")
     assert v2.status == RETIRED and v2.reason == "rolled back: v2 mislabels receipts"

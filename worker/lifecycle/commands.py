@@ -64,10 +64,13 @@ def add_models_parsers(msub: Any, add_common: Callable[[argparse.ArgumentParser]
     m.add_argument("--reason", default="promoted by hand")
     m.add_argument("--dir", default=default_models_dir(), help="where model families live")
     m.add_argument("--database-url", default=default_database_url())
+    m.add_argument("--pointer", action="store_true",
+                   help="also move the family's on-disk `current` file (what pipelines without this database load)")
     add_common(m)
     m = msub.add_parser("rollback", help="retire the champion and restore the one before it")
     m.add_argument("name")
     m.add_argument("--reason", default="rolled back by hand")
+    m.add_argument("--pointer", action="store_true", help="also move the family's on-disk `current` file")
     m.add_argument("--database-url", default=default_database_url())
     add_common(m)
 
@@ -122,6 +125,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         registry.close()
     text = f"{result.model}: {'candidate ' + result.candidate if result.candidate else 'no candidate'} — "
     text += ("PROMOTED" if result.promoted else "not promoted") + f": {result.reason}"
+    for attempt in result.attempts:
+        replay = attempt.get("replay") or {}
+        text += (f"\n  attempt {replay.get('attempt')}: {attempt['candidate']} replay {replay.get('rows')} rows "
+                 f"(mix {replay.get('mix')}, from {replay.get('from')}) -> {'promoted' if attempt['promoted'] else 'rejected'}")
+        text += "".join(f"\n    {'ok  ' if line['ok'] else 'FAIL'} {line['reason']}" for line in attempt["gate"].get("sets", []))
     emit(args, result.as_dict(), text)
     return 0
 
@@ -204,8 +212,26 @@ def _models_list(args: argparse.Namespace) -> int:
     lines = [f"{'family':<12} {'version':<22} {'task':<10} {'status':<10} cur  metrics"]
     lines += [f"{r['family']:<12} {r['version']:<22} {str(r['task']):<10} {r['status'] or '-':<10} {'*' if r['current'] else ' ':<4} "
               f"{_headline(r['metrics'] or {})}" for r in rows]
+    warnings = pointer_disagreements(rows)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    lines += [f"warning: {w}" for w in warnings]
     emit(args, rows, "\n".join(lines) if rows else f"no models under {args.dir} (build them: textworker models build-defaults)")
     return 0
+
+
+def pointer_disagreements(rows: list[dict[str, Any]]) -> list[str]:
+    """Families whose registry champion is not the version their on-disk `current` file names."""
+    out = []
+    for family in sorted({r["family"] for r in rows}):
+        mine = [r for r in rows if r["family"] == family]
+        champion = next((r["version"] for r in mine if r.get("status") == "champion"), None)
+        pointer = next((r["version"] for r in mine if r.get("current")), None)
+        if champion is not None and pointer is not None and champion != pointer:
+            out.append(f"`{family}`: the registry's champion is {champion} but the on-disk `current` file names {pointer}; "
+                       f"pipelines against this database load {champion}, others load {pointer} "
+                       f"(move the pointer: textworker models promote {family} {champion} --pointer)")
+    return out
 
 
 def _models_show(args: argparse.Namespace) -> int:
@@ -230,14 +256,23 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _models_promote(args: argparse.Namespace) -> int:
+    from worker.lifecycle.registry import CHAMPION, move_current_pointer
+
     registry = _open_registry(args.database_url)
     try:
-        if registry.get(args.name, args.version) is None:
+        existing = registry.get(args.name, args.version)
+        if existing is None:
             _register_from_disk(registry, Path(args.dir) / args.name, args.version)
-        record = registry.promote(args.name, args.version, args.reason)
+        if existing is not None and existing.status == CHAMPION and args.pointer:
+            move_current_pointer(args.name, Path(existing.artifact_path))  # already the champion: move the pointer only
+            record = existing
+        else:
+            record = registry.promote(args.name, args.version, args.reason, move_pointer=args.pointer)
     finally:
         registry.close()
-    emit(args, record.as_dict(), f"{args.name}: {args.version} is the champion ({record.model_version})")
+    where = "; the on-disk `current` file names it too" if args.pointer else "; the on-disk `current` file is unchanged (--pointer moves it)"
+    emit(args, {**record.as_dict(), "pointer_moved": bool(args.pointer)},
+         f"{args.name}: {args.version} is the champion ({record.model_version}){where}")
     return 0
 
 
@@ -260,7 +295,7 @@ def _register_from_disk(registry: ModelRegistry, family: Path, version: str) -> 
 def _models_rollback(args: argparse.Namespace) -> int:
     registry = _open_registry(args.database_url)
     try:
-        record = registry.rollback(args.name, args.reason)
+        record = registry.rollback(args.name, args.reason, move_pointer=args.pointer)
     finally:
         registry.close()
     emit(args, record.as_dict(), f"{args.name}: rolled back to {record.version} ({record.model_version})")

@@ -1,9 +1,10 @@
 """Score a model directory for a stage on named evaluation sets, predicting each row once.
 
 The gate compares candidate and champion on exactly the same rows, so both go through
-`score_model` with the same `sets` (the frozen set from the pipeline file and the
-held-out feedback slice). The result has one metric dictionary per set plus `all`
-(every set together), each in the shape the `worker.training` evaluation code returns:
+`score_model` with the same `sets` (the frozen set from the pipeline file, the
+held-out feedback slice and the champion's reference sets, named `ref:<set>`). The
+result has one metric dictionary per set plus `all` (every set but the `ref:` ones
+together: the target the gate's margin applies to), each in the shape the `worker.training` evaluation code returns:
 accuracy / macro-F1 / per-label P/R/F1 (0..1) for classify and spam stages (spam with
 the stage's threshold, as the running stage decides), SQuAD EM/F1 (0..100) for QA,
 sacrebleu BLEU/chrF for translation.
@@ -11,7 +12,7 @@ sacrebleu BLEU/chrF for translation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
@@ -20,13 +21,16 @@ StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
 Example = Any  # (text, label) | SQuAD dict | (source, reference)
 
 
-def _slices(sets: dict[str, Sequence[Example]]) -> tuple[list[Example], dict[str, slice]]:
+def _slices(sets: Mapping[str, Sequence[Example]]) -> tuple[list[Example], dict[str, slice]]:
+    """Rows of every set, target sets first; `all` spans the target sets (none: every set)."""
     rows: list[Example] = []
     where: dict[str, slice] = {}
-    for name, examples in sets.items():
+    ordered = sorted(sets.items(), key=lambda item: item[0].startswith("ref:"))
+    for name, examples in ordered:
         where[name] = slice(len(rows), len(rows) + len(examples))
         rows.extend(examples)
-    where["all"] = slice(0, len(rows))
+    target = sum(len(examples) for name, examples in ordered if not name.startswith("ref:"))
+    where["all"] = slice(0, target or len(rows))
     return rows, where
 
 
@@ -57,7 +61,7 @@ def classify_predictions(stage: ClassifyStage | SpamStage, model: Any, tokenizer
     return preds
 
 
-def score_model(stage: StageSpec, model_dir: str, sets: dict[str, Sequence[Example]],
+def score_model(stage: StageSpec, model_dir: str, sets: Mapping[str, Sequence[Example]],
                 labels: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Metrics per set name and for `all`; empty sets are left out."""
     sets = {name: rows for name, rows in sets.items() if rows}

@@ -7,16 +7,23 @@ One call of `finetune()`:
 2. the stage's feedback, split for good by each row's fingerprint: a row whose
    sha256 falls below `holdout` is held out for the gate, every time, so no row is
    trained on in one round and judged on in the next;
-3. training rows = the rest, plus `base_mix` x as many rows sampled (with `seed`) from
-   `base_data` against forgetting; the data fingerprint is the sha256 of the sorted
-   row fingerprints;
+3. training rows = the rest, plus replay against forgetting: `base_mix` x as many rows
+   sampled (with `seed`) from the champion's known training data (`base_data` when set,
+   else the file its version records, checked against its fingerprint, else its `train`
+   reference snapshot; `worker.lifecycle.references.replay_source`). Rows of the
+   champion's `eval`/`heldout` reference sets are never replayed. The data fingerprint
+   is the sha256 of the sorted row fingerprints;
 4. a Ray task (one GPU when the cluster has one, else the free CPUs) trains the
    candidate from the champion with the existing `worker.training` code and scores
-   candidate and champion on the same rows: the frozen `eval_data` plus the held-out
-   slice (`worker.lifecycle.evaluation`);
-5. the candidate is registered, and `worker.lifecycle.gate` promotes it (the registry
-   moves the `current` pointer; running stages switch at their next batch boundary)
-   or rejects it with the reason.
+   candidate and champion on the same rows: the target (frozen `eval_data` plus the
+   held-out slice) and every reference set of the champion (`worker.lifecycle.evaluation`);
+5. the candidate is registered with its reference sets (the champion's, inherited, plus
+   its own target data), and `worker.lifecycle.gate` promotes it or rejects it with the
+   reason, one line per reference set. When the candidate improves the target but fails
+   the reference guard, and replay is on, ONE more candidate is trained with twice the
+   replay (`finetune.retry`) before the fine-tune gives up. Promotion changes the
+   registry; the on-disk `current` pointer moves only with `finetune.move_pointer`.
+   Running stages against this database switch at their next batch boundary.
 
 Crash safety: the candidate's directory is complete before it is registered; a failed or
 cancelled training removes it, and a crash before registration leaves at most an
@@ -39,12 +46,13 @@ from typing import Any
 
 from schemas.pipeline import ClassifyStage, FinetuneSpec, PipelineSpec, QaStage, SpamStage, TranslateStage
 from worker.errors import DataFileError, TextworkerError
-from worker.lifecycle import gate
+from worker.lifecycle import gate, references
 from worker.lifecycle.feedback import StoredFeedback, load_feedback, stage_labels
 from worker.lifecycle.registry import ModelRecord, ModelRegistry, family_dir
 from worker.models import loading
 
 log = logging.getLogger(__name__)
+REF_PREFIX = "ref:"
 StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
 
 
@@ -75,10 +83,13 @@ class FinetuneResult:
     champion: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    references: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "promoted": self.promoted, "reason": self.reason, "metrics": self.metrics,
-                "model": self.model, "champion": self.champion, "train": self.train, "seconds": self.seconds}
+                "model": self.model, "champion": self.champion, "train": self.train, "seconds": self.seconds,
+                "references": self.references, "attempts": self.attempts}
 
 
 # --------------------------------------------------------------------------- data
@@ -112,21 +123,7 @@ def read_examples(stage: StageSpec, path: str, labels: list[str] | None) -> list
     """Examples of a data file (the `train --data` formats)."""
     if not Path(path).is_file():
         raise DataFileError(f"data file `{path}` does not exist", hint="fix the path in the stage's `finetune:` block")
-    try:
-        if isinstance(stage, ClassifyStage | SpamStage):
-            from worker.training.data import load_labelled
-
-            texts, golds = load_labelled(path, labels)
-            return list(zip(texts, golds))
-        if isinstance(stage, QaStage):
-            from worker.training.qa import load_squad
-
-            return list(load_squad(path))
-        from worker.training.translation import load_pairs
-
-        return list(load_pairs(path, stage.source_lang, stage.target_lang))
-    except ValueError as exc:
-        raise DataFileError(f"cannot read `{path}`: {exc}") from exc
+    return references.read_examples(stage.type, path, stage, labels)
 
 
 @dataclass
@@ -136,18 +133,25 @@ class TrainingData:
     frozen: list[Any]
     fingerprint: str
     counts: dict[str, int]
+    replay_from: str | None = None
 
 
 def prepare_data(stage: StageSpec, rows: list[StoredFeedback], cfg: FinetuneSpec, labels: list[str] | None,
-                 base_data: str | None, seed: int) -> TrainingData:
+                 base_data: str | list[Any] | None, seed: int, *, mix: float | None = None,
+                 exclude: set[str] | None = None) -> TrainingData:
+    """Split the feedback, add `mix` (default `cfg.base_mix`) replay rows per training row from `base_data`
+    (a file or examples), never one whose `row_hash` is in `exclude`."""
+    mix = cfg.base_mix if mix is None else mix
     train_rows = [r for r in rows if not is_held_out(r.fingerprint, cfg.holdout)]
     heldout = [feedback_example(stage, r) for r in rows if is_held_out(r.fingerprint, cfg.holdout)]
     train = [feedback_example(stage, r) for r in train_rows]
     fingerprints = [r.fingerprint for r in train_rows]
     base: list[Any] = []
-    if base_data and cfg.base_mix > 0 and train:
-        pool = read_examples(stage, base_data, labels)
-        base = random.Random(seed).sample(pool, min(len(pool), round(cfg.base_mix * len(train))))
+    if base_data and mix > 0 and train:
+        pool = read_examples(stage, base_data, labels) if isinstance(base_data, str) else list(base_data)
+        if exclude:
+            pool = [example for example in pool if row_hash(example) not in exclude]
+        base = random.Random(seed).sample(pool, min(len(pool), round(mix * len(train))))
         fingerprints += [row_hash(example) for example in base]
     frozen = read_examples(stage, cfg.eval_data, labels) if cfg.eval_data else []
     combined = train + base
@@ -170,10 +174,11 @@ def train_and_score(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     info = _train(stage, job)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
-    sets = {"frozen": job["frozen"], "heldout": job["heldout"]}
+    sets = {"frozen": job["frozen"], "heldout": job["heldout"],
+            **{REF_PREFIX + name: rows for name, rows in (job.get("references") or {}).items()}}
     labels = job.get("labels")
-    return {"train": info, "candidate": score_model(stage, job["out"], sets, labels),
-            "champion": score_model(stage, job["base"], sets, labels)}
+    champion = job.get("champion_scores") or score_model(stage, job["base"], sets, labels)
+    return {"train": info, "candidate": score_model(stage, job["out"], sets, labels), "champion": champion}
 
 
 def _train(stage: StageSpec, job: dict[str, Any]) -> dict[str, Any]:
@@ -250,9 +255,55 @@ def _params(stage: StageSpec, cfg: FinetuneSpec, options: FinetuneOptions, seed:
             "seed": seed}
 
 
+@dataclass
+class ChampionReferences:
+    """The champion's reference sets of the stage's task, with their rows (from its directory, else the registry)."""
+
+    sets: list[references.ReferenceSet]
+    rows: dict[str, list[Any]]
+    skipped: list[str]
+
+    def guarded_hashes(self) -> set[str]:
+        """Rows of evaluation sets, which replay must never train on."""
+        return {row_hash(example) for ref in self.sets if ref.role != "train" for example in self.rows[ref.name]}
+
+
+def champion_references(registry: ModelRegistry, champ: ModelRecord, task: str) -> ChampionReferences:
+    found = references.manifest(champ.artifact_path)
+    rows: dict[str, list[Any]] = {}
+    sets, skipped = [], []
+    stored = {entry["name"]: entry for entry in registry.references(champ.name, champ.version, with_rows=True)}
+    if not found:
+        found = [references.ReferenceSet.from_dict(entry) for entry in stored.values()]
+    for ref in found:
+        if ref.task != task:
+            skipped.append(ref.name)
+            continue
+        try:
+            rows[ref.name] = references.load_rows(champ.artifact_path, ref)
+        except references.ReferenceError:
+            if ref.name not in stored:
+                raise
+            rows[ref.name] = references.decode_rows(ref.task, stored[ref.name]["rows_data"])
+        sets.append(ref)
+    return ChampionReferences(sets, rows, skipped)
+
+
+def _replay_pool(stage: StageSpec, champ: ModelRecord, cfg: FinetuneSpec, options: FinetuneOptions,
+                 labels: list[str] | None) -> tuple[str | list[Any] | None, str | None]:
+    """(what to replay, where it came from): `base_data` when set, else the champion's known training data."""
+    explicit = options.base_data or cfg.base_data
+    if explicit:
+        return explicit, explicit
+    source = references.replay_source(champ.artifact_path, stage.type, stage, labels)
+    if source is None:
+        return None, None
+    return source.examples, f"{source.origin}:{source.where}"
+
+
 def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, options: FinetuneOptions | None = None,
              stop: threading.Event | None = None) -> FinetuneResult:
-    """Train, score, register and gate one candidate for `stage_name` (see the module docstring)."""
+    """Train, score, register and gate a candidate for `stage_name` (see the module docstring)."""
     options = options or FinetuneOptions()
     started = time.perf_counter()
     started_at = datetime.now(UTC)
@@ -262,61 +313,95 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
     seed = options.seed if options.seed is not None else cfg.seed
     labels = _model_labels(champ.artifact_path, stage_labels(stage)) if isinstance(stage, ClassifyStage | SpamStage) else None
     rows = load_feedback(registry.engine, spec.name, stage.name)
-    data = prepare_data(stage, rows, cfg, labels, options.base_data or cfg.base_data, seed)
+    refs = champion_references(registry, champ, stage.type)
+    pool, replay_from = _replay_pool(stage, champ, cfg, options, labels)
+    exclude = refs.guarded_hashes()
+    data = prepare_data(stage, rows, cfg, labels, pool, seed, exclude=exclude)
+    data.replay_from = replay_from
     result = FinetuneResult(None, False, "", model=champ.name, champion=champ.version)
+    result.references = [{"name": r.name, "role": r.role, "rows": r.rows, "sha256": r.sha256, "origin": r.origin}
+                         for r in refs.sets] + [{"name": n, "skipped": "another task"} for n in refs.skipped]
     if data.counts["train_feedback"] < cfg.min_rows:
         result.reason = f"{data.counts['train_feedback']} feedback rows to train on, fewer than min_rows {cfg.min_rows}; nothing trained"
         return result
     if not data.frozen and not data.heldout:
         result.reason = "no evaluation rows: declare `finetune.eval_data` or collect more feedback; nothing trained"
         return result
+    rules = gate.rules_for(stage)
     family = family_dir(stage.model)
     assert family is not None
-    version = _new_version(registry, champ.name, family)
-    out = family / version
-    params = _params(stage, cfg, options, seed)
-    job = {"stage": stage.model_dump(mode="json", by_alias=True), "out": str(out), "base": champ.artifact_path,
-           "labels": labels, "params": params, "train": data.train, "heldout": data.heldout, "frozen": data.frozen}
-    try:
-        scored = run_on_ray(job, address=options.ray_address, stop=stop)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    params["started_at"] = started_at.isoformat()
-    record = _register(registry, spec, stage, champ, version, out, data, params, scored)
-    decision = gate.decide(scored["candidate"].get("all", {}), scored["champion"].get("all", {}), gate.rules_for(stage))
-    details = {"gate": decision.as_dict(), "candidate": scored["candidate"], "champion": scored["champion"]}
-    if decision.promote:
-        registry.promote(record.name, version, f"gate passed: {decision.reason}", details)
-    else:
-        registry.reject(record.name, version, f"gate: {decision.reason}", details)
-    result.candidate, result.promoted, result.reason = version, decision.promote, decision.reason
-    result.metrics = {"candidate": scored["candidate"], "champion": scored["champion"], "gate": decision.as_dict()}
-    result.train = {**scored["train"], "rows": data.counts, "data_fingerprint": data.fingerprint}
+    mix = cfg.base_mix if pool is not None else 0.0
+    champion_scores: dict[str, Any] | None = None
+    for attempt in (1, 2):
+        version = _new_version(registry, champ.name, family)
+        out = family / version
+        params = _params(stage, cfg, options, seed)
+        job = {"stage": stage.model_dump(mode="json", by_alias=True), "out": str(out), "base": champ.artifact_path,
+               "labels": labels, "params": params, "train": data.train, "heldout": data.heldout, "frozen": data.frozen,
+               "references": refs.rows if rules.references else {}, "champion_scores": champion_scores}
+        try:
+            scored = run_on_ray(job, address=options.ray_address, stop=stop)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+        champion_scores = scored["champion"]
+        params["started_at"] = started_at.isoformat()
+        params["replay"] = {"mix": mix, "rows": data.counts["base"], "from": data.replay_from, "attempt": attempt}
+        record = _register(registry, spec, stage, champ, version, out, data, params, scored)
+        decision = gate.decide_with_references(
+            scored["candidate"].get("all", {}), scored["champion"].get("all", {}),
+            [(r.name, r.role, scored["candidate"].get(REF_PREFIX + r.name, {}), scored["champion"].get(REF_PREFIX + r.name, {}))
+             for r in refs.sets], rules)
+        details = {"gate": decision.as_dict(), "candidate": scored["candidate"], "champion": scored["champion"], "attempt": attempt}
+        retry = (attempt == 1 and not decision.promote and decision.target_ok is True and decision.guard_ok is False
+                 and cfg.retry and mix > 0 and pool is not None)
+        if decision.promote:
+            registry.promote(record.name, version, f"gate passed: {decision.reason}", details, move_pointer=cfg.move_pointer)
+        else:
+            registry.reject(record.name, version, f"gate: {decision.reason}" + ("; retrying with more replay" if retry else ""),
+                            details)
+        result.attempts.append({"candidate": version, "promoted": decision.promote, "reason": decision.reason,
+                                "replay": params["replay"], "gate": decision.as_dict()})
+        result.candidate, result.promoted, result.reason = version, decision.promote, decision.reason
+        result.metrics = {"candidate": scored["candidate"], "champion": scored["champion"], "gate": decision.as_dict()}
+        result.train = {**scored["train"], "rows": data.counts, "data_fingerprint": data.fingerprint,
+                        "replay": params["replay"]}
+        log.info("fine-tune decided", extra={"model": record.name, "candidate": version, "promoted": decision.promote,
+                                             "reason": decision.reason, "attempt": attempt})
+        if not retry:
+            break
+        mix = mix * 2
+        data = prepare_data(stage, rows, cfg, labels, pool, seed, mix=mix, exclude=exclude)
+        data.replay_from = replay_from
     result.seconds = round(time.perf_counter() - started, 1)
-    log.info("fine-tune decided", extra={"model": record.name, "candidate": version, "promoted": decision.promote,
-                                         "reason": decision.reason})
     return result
 
 
 def _register(registry: ModelRegistry, spec: PipelineSpec, stage: StageSpec, champ: ModelRecord, version: str, out: Path,
               data: TrainingData, params: dict[str, Any], scored: dict[str, Any]) -> ModelRecord:
-    """Write the candidate's textworker.json, then add it to the registry as a candidate."""
+    """Write the candidate's textworker.json and reference sets, then add it to the registry as a candidate."""
+    cfg = stage.finetune or FinetuneSpec()
     meta_name = str(loading.read_metadata(champ.artifact_path).get("name") or champ.name)
     train = scored["train"]
     meta = {"name": meta_name, "version": version, "task": stage.type, "base_model": champ.artifact_path,
             "parent_version": champ.version, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "train_data": {"source": "feedback", "rows": data.counts, "sha256": data.fingerprint},
-            **{k: v for k, v in train.items() if k != "metrics"}, "metrics": scored["candidate"].get("all", {})}
+            "replay_data": references.replay_record(champ.artifact_path),
+            **{k: v for k, v in train.items() if k != "metrics"}, "metrics": scored["candidate"].get("all", {}),
+            "reference_metrics": {k[len(REF_PREFIX):]: v for k, v in scored["candidate"].items() if k.startswith(REF_PREFIX)}}
     loading.write_metadata(out, meta)
+    references.record_version(out, task=stage.type, version=version, parent_dir=champ.artifact_path, seed=params["seed"],
+                              evals=[("eval", cfg.eval_data or "", data.frozen), ("heldout", "feedback held-out slice", data.heldout)])
     train_config = {"model_version": f"{meta_name}@{version}", "seed": params["seed"], "started_at": params.pop("started_at"),
                     "params": params,
-                    "split": {"method": "sha256(row) prefix < holdout", "holdout": (stage.finetune or FinetuneSpec()).holdout},
-                    "base_mix": (stage.finetune or FinetuneSpec()).base_mix, "rows": data.counts,
+                    "split": {"method": "sha256(row) prefix < holdout", "holdout": cfg.holdout},
+                    "base_mix": cfg.base_mix, "replay": params.get("replay"), "rows": data.counts,
                     "steps": train.get("steps"), "train_seconds": train.get("train_seconds")}
-    return registry.register(
+    record = registry.register(
         name=champ.name, version=version, stage=stage.name, task=stage.type, artifact_path=out, pipeline=spec.name,
         base_model=champ.artifact_path, parent_version=champ.version, data_fingerprint=data.fingerprint,
         train_config=train_config, metrics={"eval": scored["candidate"], "champion_eval": scored["champion"]},
         reason="fine-tuned from feedback",
     )
+    registry.save_references(champ.name, version, out)
+    return record

@@ -7,10 +7,14 @@ have been scored on the same rows. The rules:
 1. the primary metric (macro-F1; for spam stages the F1 of the spam label; QA F1;
    translation BLEU; or what `finetune.gate.metric` names) improves by at least
    `margin`, in the metric's own units (0..1 for classification, 0..100 for QA and BLEU);
-2. no label's recall drops by more than `max_recall_drop` (classification only).
+2. no label's recall drops by more than `max_recall_drop` (classification only);
+3. on EVERY reference set of the champion (`worker.lifecycle.references`), the metric
+   falls by no more than `max_regression` (default 0.02 on 0..1 metrics, 2.0 on 0..100
+   ones) and rule 2 holds on that set too. Sets of another task (an MLM set of a
+   pretrained encoder) are listed and skipped. `references: false` turns rule 3 off.
 
-A candidate that fails either rule stays a candidate; the reason names the rule, the
-label and the figures.
+A candidate that fails any rule stays a candidate; the reason names the rule, the set,
+the label and the figures. Each reference set gets a line (`SetLine`) in the decision.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class GateRules:
     metric: str
     margin: float
     max_recall_drop: float
+    max_regression: float = 0.02
+    references: bool = True
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,27 @@ class GateDecision:
     champion: float | None
     delta: float | None
     recall_drops: dict[str, float] = field(default_factory=dict)
+    sets: list[dict[str, Any]] = field(default_factory=list)
+    target_ok: bool | None = None
+    guard_ok: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SetLine:
+    """The guard's verdict on one reference set."""
+
+    set: str
+    role: str
+    rows: int
+    metric: str
+    champion: float | None
+    candidate: float | None
+    delta: float | None
+    ok: bool
+    reason: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +78,11 @@ def rules_for(stage: Any) -> GateRules:
     """The stage's gate settings (`finetune.gate`) with the per-type defaults filled in."""
     gate = stage.finetune.gate if getattr(stage, "finetune", None) is not None else None
     metric = (gate.metric if gate is not None else None) or default_metric(stage.type, getattr(stage, "spam_label", "spam"))
-    margin = gate.margin if gate is not None and gate.margin is not None else (1.0 if metric in HUNDRED_SCALE else 0.01)
-    return GateRules(metric=metric, margin=margin, max_recall_drop=gate.max_recall_drop if gate is not None else 0.05)
+    hundred = metric in HUNDRED_SCALE
+    margin = gate.margin if gate is not None and gate.margin is not None else (1.0 if hundred else 0.01)
+    regression = gate.max_regression if gate is not None and gate.max_regression is not None else (2.0 if hundred else 0.02)
+    return GateRules(metric=metric, margin=margin, max_recall_drop=gate.max_recall_drop if gate is not None else 0.05,
+                     max_regression=regression, references=gate.references if gate is not None else True)
 
 
 def metric_value(metrics: dict[str, Any], metric: str) -> float | None:
@@ -96,3 +126,44 @@ def decide(candidate: dict[str, Any], champion: dict[str, Any], rules: GateRules
     if drops:
         reason += f"; largest recall drop {max(worst, 0.0):.4f} (allowed {rules.max_recall_drop:g})"
     return GateDecision(True, reason, rules.metric, cand, champ, delta, drops)
+
+
+def guard_set(name: str, role: str, candidate: dict[str, Any], champion: dict[str, Any], rules: GateRules) -> SetLine:
+    """Rule 3 on one reference set: the metric falls by at most `max_regression`, no recall drops too far."""
+    cand, champ = metric_value(candidate, rules.metric), metric_value(champion, rules.metric)
+    rows = int(champion.get("n") or candidate.get("n") or 0)
+    if cand is None or champ is None:
+        return SetLine(name, role, rows, rules.metric, champ, cand, None, False, f"{name}: no `{rules.metric}` to compare")
+    delta = round(cand - champ, 6)
+    problems = []
+    if delta + rules.max_regression < -EPSILON:
+        problems.append(f"{rules.metric} falls by {-delta:.4f} ({champ:.4f} -> {cand:.4f}), more than max_regression "
+                        f"{rules.max_regression:g}")
+    for label, drop in sorted(recall_drops(candidate, champion).items(), key=lambda item: -item[1]):
+        if drop > rules.max_recall_drop + EPSILON:
+            before = float(champion["per_label"][label]["recall"])
+            problems.append(f"recall of `{label}` drops by {drop:.4f} ({before:.4f} -> {before - drop:.4f}), "
+                            f"more than the allowed {rules.max_recall_drop:g}")
+    if problems:
+        return SetLine(name, role, rows, rules.metric, champ, cand, delta, False, f"reference set {name} ({rows} rows): " + "; ".join(problems))
+    return SetLine(name, role, rows, rules.metric, champ, cand, delta, True,
+                   f"reference set {name} ({rows} rows): {rules.metric} {champ:.4f} -> {cand:.4f} ({delta:+.4f}, "
+                   f"allowed -{rules.max_regression:g})")
+
+
+def decide_with_references(target_candidate: dict[str, Any], target_champion: dict[str, Any],
+                           references: list[tuple[str, str, dict[str, Any], dict[str, Any]]], rules: GateRules) -> GateDecision:
+    """Rules 1-2 on the target data, rule 3 on each (name, role, candidate metrics, champion metrics) reference set."""
+    target = decide(target_candidate, target_champion, rules)
+    lines = [guard_set(name, role, cand, champ, rules) for name, role, cand, champ in references] if rules.references else []
+    failed = [line for line in lines if not line.ok]
+    problems = ([] if target.promote else [f"target: {target.reason}"]) + [line.reason for line in failed]
+    guard_ok = not failed
+    if problems:
+        reason = "; ".join(problems)
+    else:
+        reason = target.reason + (f"; within {rules.max_regression:g} on all {len(lines)} reference sets" if lines else "")
+        if not rules.references:
+            reason += "; reference sets not guarded (gate.references: false)"
+    return GateDecision(target.promote and guard_ok, reason, target.metric, target.candidate, target.champion, target.delta,
+                        target.recall_drops, [line.as_dict() for line in lines], target.promote, guard_ok)

@@ -11,9 +11,16 @@ A registry *name* is a model family: the basename of a stage's family directory
 
 Contract:
 - At most one champion per name. `promote` retires the old champion and crowns the
-  new one in ONE transaction, then (still inside it) moves the family's on-disk
-  `current` pointer, so file-based loading and the registry agree; if the pointer
-  cannot be written the transaction rolls back and nothing changed.
+  new one in ONE transaction.
+- The registry is the source of truth for pipelines that run against its database;
+  the family's on-disk `current` pointer is what pipelines without a registry (or
+  against another database) load. Promotion moves the pointer only when asked
+  (`move_pointer=True`: `models promote --pointer`, or `finetune.move_pointer` in the
+  pipeline file), inside the same transaction: if the pointer cannot be written the
+  transaction rolls back and nothing changed. `models list` shows both and warns when
+  they disagree.
+- Each version's reference sets (`worker.lifecycle.references`) are stored with it in
+  `model_reference_sets`, rows included.
 - Every change adds a `model_events` row (register, promote, retire, reject, rollback)
   with its reason and the figures it was decided on.
 - `champion(engine, name)` is the one call running stages make at batch boundaries:
@@ -23,6 +30,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +50,7 @@ log = logging.getLogger(__name__)
 CANDIDATE, CHAMPION, RETIRED = "candidate", "champion", "retired"
 _reg = tables.model_registry
 _events = tables.model_events
+_refs = tables.model_reference_sets
 
 
 class RegistryError(TextworkerError):
@@ -229,8 +238,9 @@ class ModelRegistry:
             conn.execute(_reg.update().where(_reg.c.name == name, _reg.c.version == version).values(metrics=metrics, updated_at=_now()))
 
     def promote(self, name: str, version: str, reason: str, details: dict[str, Any] | None = None,
-                *, action: str = "promote") -> ModelRecord:
-        """Make `version` the champion; the old champion is retired. Moves the on-disk `current` pointer."""
+                *, action: str = "promote", move_pointer: bool = False) -> ModelRecord:
+        """Make `version` the champion; the old champion is retired. With `move_pointer`, the family's
+        on-disk `current` file follows (same transaction); without, the pointer stays where it was."""
         with self.engine.begin() as conn:
             record = self._lock(conn, name, version)
             if record.status == CHAMPION:
@@ -246,8 +256,10 @@ class ModelRegistry:
             conn.execute(_reg.update().where(_reg.c.name == name, _reg.c.version == version)
                          .values(status=CHAMPION, reason=reason, updated_at=now))
             self._event(conn, name, version, "promote", reason,
-                        {"previous": old.version if old else None, "action": action, **(details or {})})
-            _move_current_pointer(name, Path(record.artifact_path))
+                        {"previous": old.version if old else None, "action": action, "pointer_moved": move_pointer,
+                         **(details or {})})
+            if move_pointer:
+                move_current_pointer(name, Path(record.artifact_path))
             promoted = self._get(conn, name, version)
         assert promoted is not None
         log.info("model promoted", extra={"model": name, "version": version, "reason": reason})
@@ -266,7 +278,7 @@ class ModelRegistry:
         log.info("candidate rejected", extra={"model": name, "version": version, "reason": reason})
         return rejected
 
-    def rollback(self, name: str, reason: str = "manual rollback") -> ModelRecord:
+    def rollback(self, name: str, reason: str = "manual rollback", *, move_pointer: bool = False) -> ModelRecord:
         """Retire the champion as rolled back and restore the champion before it; returns the restored version."""
         with self.engine.connect() as conn:
             current = self._current_champion(conn, name)
@@ -276,7 +288,8 @@ class ModelRegistry:
         if target is None:
             raise RegistryError(f"model `{name}` has no earlier champion to go back to (champion: {current.version})",
                                 hint="promote a specific version instead: textworker models promote NAME VERSION")
-        return self.promote(name, target, reason, {"rollback_from": current.version}, action="rollback")
+        return self.promote(name, target, reason, {"rollback_from": current.version}, action="rollback",
+                            move_pointer=move_pointer)
 
     def bootstrap(self, stage: Any, pipeline: str | None = None) -> ModelRecord:
         """The family's champion; a family with no rows first gets its on-disk current version registered as champion."""
@@ -294,6 +307,10 @@ class ModelRegistry:
         if version_dir is None:
             raise RegistryError(f"model family `{family}` holds no version to bootstrap the registry from",
                                 hint="build or train one first (textworker models build-defaults / textworker train)")
+        from worker.lifecycle.feedback import stage_labels
+        from worker.lifecycle.references import backfill
+
+        backfill(version_dir, stage_labels(stage))
         record = self.register_directory(name, version_dir, stage=stage.name, task=stage.type, pipeline=pipeline,
                                          reason="bootstrap: the family's on-disk current version")
         return self.promote(name, record.version, "bootstrap: the family's on-disk current version")
@@ -304,12 +321,42 @@ class ModelRegistry:
         ref = loading.resolve(str(version_dir))
         meta = ref.metadata
         version = str(meta.get("version") or ref.version.split("@", 1)[1])
-        return self.register(
+        record = self.register(
             name=name, version=version, stage=stage, task=str(meta.get("task") or task), artifact_path=version_dir,
             pipeline=pipeline, base_model=meta.get("base_model"), data_fingerprint=(meta.get("train_data") or {}).get("sha256"),
             train_config={"model_version": ref.version, "seed": meta.get("seed"), "params": meta.get("params")},
             metrics=meta.get("metrics") or {}, reason=reason,
         )
+        self.save_references(name, version, version_dir)
+        return record
+
+    # ------------------------------------------------------------------ reference sets
+
+    def save_references(self, name: str, version: str, version_dir: str | Path) -> int:
+        """Store the reference sets a version directory lists (rows included); returns how many."""
+        from worker.lifecycle import references
+
+        sets = references.manifest(version_dir)
+        rows = []
+        for ref in sets:
+            path = Path(version_dir) / ref.file
+            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            rows.append({"name": name, "version": version, "set_name": ref.name, "task": ref.task, "role": ref.role,
+                         "origin_version": ref.origin, "n_rows": ref.rows, "sha256": ref.sha256, "manifest": ref.as_dict(),
+                         "rows": lines, "created_at": _now()})
+        with self.engine.begin() as conn:
+            conn.execute(_refs.delete().where(_refs.c.name == name, _refs.c.version == version))
+            if rows:
+                conn.execute(_refs.insert(), rows)
+        return len(rows)
+
+    def references(self, name: str, version: str, *, with_rows: bool = False) -> list[dict[str, Any]]:
+        """A version's stored reference sets: each `manifest` entry, plus `rows` (JSON lines) when asked."""
+        columns = [_refs.c.set_name, _refs.c.manifest] + ([_refs.c.rows] if with_rows else [])
+        query = sa.select(*columns).where(_refs.c.name == name, _refs.c.version == version).order_by(_refs.c.id)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).all()
+        return [{**row.manifest, **({"rows_data": row.rows} if with_rows else {})} for row in found]
 
     # ------------------------------------------------------------------ helpers
 
@@ -347,7 +394,7 @@ def _previous_champion(events: Iterable[dict[str, Any]], current: str) -> str | 
     return max(candidates)[1] if candidates else None
 
 
-def _move_current_pointer(name: str, artifact: Path) -> None:
+def move_current_pointer(name: str, artifact: Path) -> None:
     """Point the family directory's `current` file at `artifact` when it lives in that family."""
     family = artifact.parent
     if family.name == name and family.is_dir() and loading.is_model_dir(artifact):

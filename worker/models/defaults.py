@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,28 @@ def minilm_dir() -> Path:
     return loading.builtin_dir("minilm")
 
 
-def finish_version(version_dir: Path, *, name: str, task: str, base: str, data: Path | None, info: dict[str, Any], version: str) -> None:
-    """Write the version's metadata (what it is, what it was trained on, how well it did)."""
+def finish_version(version_dir: Path, *, name: str, task: str, base: str, data: Path | None, info: dict[str, Any], version: str,
+                   evals: Sequence[tuple[str, str, Sequence[Any]]] = (), train_examples: Sequence[Any] | None = None,
+                   stage: Any = None, labels: Sequence[str] | None = None) -> None:
+    """Write the version's metadata (what it is, what it was trained on, how well it did) and its reference sets:
+    the base's (inherited), one per evaluation set in `evals` ((role, path, examples)) and a `train` snapshot of
+    the training data (`train_examples`, else read from `data`); see `worker.lifecycle.references`."""
+    from worker.lifecycle import references
+
     meta = {
         "name": name, "version": version, "task": task, "base_model": base,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "train_data": {"path": str(data), "sha256": data_fingerprint(data)} if data else None,
+        "train_data": {"path": str(Path(data).resolve()), "sha256": data_fingerprint(data)} if data else None,
         **info,
     }
     loading.write_metadata(version_dir, meta)
+    if task not in references.KINDS:
+        return
+    if train_examples is None and data is not None and Path(data).is_file():
+        train_examples = references.read_examples(task, str(data), stage, labels)
+    parent = Path(loading.resolve(base).location) if Path(base).expanduser().is_dir() else None
+    references.record_version(version_dir, task=task, version=version, parent_dir=parent, evals=evals,
+                              train=(str(data), train_examples) if train_examples else None)
 
 
 def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None:

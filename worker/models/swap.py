@@ -21,6 +21,7 @@ Works wherever `HFStage.process` runs: in process, in Ray actors, in the Kafka w
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -190,9 +191,11 @@ class ModelSwapper:
 
 
 def follow_champions(stages: Iterable[object], database_url: str | None) -> None:
-    """Give every stage whose model is a family (and whose `swap_check_seconds` is set) a swapper.
+    """Give every stage whose model is a family a swapper, so it starts on the champion of the run's registry.
 
-    Call before the stages load, so they start on the champion.
+    With `swap_check_seconds` set the stage also switches to later champions; with it null
+    (hot swap off) it only starts on the registry's champion and keeps it. Without a
+    database the family's `current` file decides. Call before the stages load.
     """
     from worker.stages.base import HFStage
 
@@ -201,6 +204,6 @@ def follow_champions(stages: Iterable[object], database_url: str | None) -> None
             continue
         every = stage.spec.swap_check_seconds
         family = model_family(stage.spec.model)
-        if every is None or family is None:
+        if family is None or (every is None and not database_url):
             continue
-        stage.swapper = ModelSwapper(stage, ChampionLookup(family, database_url), every)
+        stage.swapper = ModelSwapper(stage, ChampionLookup(family, database_url), every if every is not None else math.inf)

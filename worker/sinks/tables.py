@@ -158,6 +158,27 @@ model_events = sa.Table(
     sa.Index("ix_model_events_name_created", "name", "created_at"),
 )
 
+# `model_reference_sets`: the reference sets recorded with each model version (see
+# worker/lifecycle/references.py): fingerprint, role, origin and the rows themselves, so a
+# set outlives its version directory.
+model_reference_sets = sa.Table(
+    "model_reference_sets",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("version", sa.String(128), nullable=False),
+    sa.Column("set_name", sa.String(256), nullable=False),
+    sa.Column("task", sa.String(16), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # eval | heldout | train
+    sa.Column("origin_version", sa.String(128), nullable=False),
+    sa.Column("n_rows", sa.Integer(), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("manifest", JSONType, nullable=False),
+    sa.Column("rows", JSONType, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("name", "version", "set_name", name="uq_model_reference_sets_version_set"),
+)
+
 # `review_queue`: low-confidence predictions routed to people, within a budget.
 review_queue = sa.Table(
     "review_queue",

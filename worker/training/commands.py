@@ -15,6 +15,7 @@ from schemas.pipeline import ClassifyStage, PipelineSpec, QaStage, SpamStage, Tr
 from worker.cli import default_models_dir, emit
 from worker.config import load_pipeline
 from worker.errors import DataFileError, TextworkerError
+from worker.lifecycle.references import read_examples
 from worker.models import loading
 from worker.models.defaults import finish_version
 
@@ -91,7 +92,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         close()
     info.setdefault("train_seconds", round(time.perf_counter() - started, 1))
-    finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(args.data), info=info, version=version)
+    evals = [("eval", args.eval_data, read_examples(stage.type, args.eval_data, stage, stage_labels(stage)))] if args.eval_data else []
+    finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(args.data), info=info, version=version,
+                   evals=evals, stage=stage, labels=stage_labels(stage))
     if args.promote:
         loading.set_current_version(out.parent, out)
     metrics = info.get("metrics") or {}
@@ -181,9 +184,85 @@ def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str |
     return result
 
 
+def evaluate_references(stage: StageSpec, model_dir: str, registry_sets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Metrics of a version on each of its reference sets of the stage's task (others are listed as skipped)."""
+    from worker.lifecycle import gate, references
+    from worker.lifecycle.evaluation import score_model
+
+    sets = references.manifest(model_dir)
+    if not sets and registry_sets:
+        sets = [references.ReferenceSet.from_dict(entry) for entry in registry_sets]
+    stored = {entry["name"]: entry for entry in registry_sets or []}
+    rows: dict[str, list[Any]] = {}
+    skipped = []
+    for ref in sets:
+        if ref.task != stage.type:
+            skipped.append({"name": ref.name, "task": ref.task, "skipped": f"a {ref.task} set, not {stage.type}"})
+            continue
+        try:
+            rows[ref.name] = references.load_rows(model_dir, ref)
+        except references.ReferenceError:
+            if ref.name not in stored or "rows_data" not in stored[ref.name]:
+                raise
+            rows[ref.name] = references.decode_rows(ref.task, stored[ref.name]["rows_data"])
+    scores = score_model(stage, model_dir, rows, stage_labels(stage)) if rows else {}
+    metric = gate.rules_for(stage).metric
+    out = []
+    for ref in sets:
+        if ref.name in rows:
+            found = scores.get(ref.name, {})
+            out.append({**ref.as_dict(), "metric": metric, "value": gate.metric_value(found, metric), "metrics": found})
+    return {"metric": metric, "sets": out, "skipped": skipped}
+
+
+def _eval_references(args: argparse.Namespace, spec: PipelineSpec, stage: StageSpec) -> int:
+    """`eval --references`: the version a pipeline against this database loads (or --model), on all its reference sets."""
+    from worker.commands import database_url
+    from worker.models.swap import ChampionLookup, model_family
+
+    started = time.perf_counter()
+    registry_sets: list[dict[str, Any]] = []
+    url = database_url(args, spec)
+    if args.model:
+        location = loading.resolve(args.model).location
+    else:
+        family = model_family(stage.model)
+        champion = ChampionLookup(family, url).champion() if family is not None else None
+        location = champion.location if champion is not None else loading.resolve(stage.model).location
+    if Path(location).is_dir():
+        from worker.lifecycle.commands import _registry_if_present
+
+        registry = _registry_if_present(url)
+        if registry is not None:
+            try:
+                version = str(loading.read_metadata(location).get("version") or Path(location).name)
+                registry_sets = registry.references(Path(location).parent.name, version, with_rows=True)
+            finally:
+                registry.close()
+    ref = loading.resolve(location)
+    result = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version,
+              **evaluate_references(stage, ref.location, registry_sets)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    lines = [f"{stage.name} ({stage.type}) {ref.version}: {len(result['sets'])} reference set(s), {result['metric']} "
+             f"({result['seconds']}s)"]
+    for entry in result["sets"]:
+        value = "-" if entry["value"] is None else f"{entry['value']:.4f}"
+        lines.append(f"  {entry['name']:<36} {entry['role']:<8} {entry['rows']:>5} rows  {result['metric']} {value}  "
+                     f"sha256 {entry['sha256'][:12]}")
+    lines += [f"  {entry['name']:<36} skipped: {entry['skipped']}" for entry in result["skipped"]]
+    if not result["sets"]:
+        lines.append("  no reference sets of this task (versions record them when make models, train, finetune or pretrain write them)")
+    emit(args, result, "\n".join(lines))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     stage = spec.stage(args.stage)
+    if getattr(args, "references", False):
+        return _eval_references(args, spec, stage)
+    if not args.data:
+        raise TextworkerError("give --data FILE, or --references to score the version on its reference sets")
     if not Path(args.data).is_file():
         raise DataFileError(f"data file `{args.data}` does not exist")
     started = time.perf_counter()

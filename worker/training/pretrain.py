@@ -207,7 +207,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     finally:
         close()
     info["data_files"] = [str(p) for p in paths]
-    finish_version(out, name=name, task="mlm", base=loading.resolve(base).location, data=paths[0], info=info, version=version)
+    held = split_texts(texts, args.holdout, args.seed)[1]  # the texts perplexity was measured on (same split)
+    finish_version(out, name=name, task="mlm", base=loading.resolve(base).location, data=paths[0], info=info, version=version,
+                   evals=[("eval", "held-out texts", held)], train_examples=split_texts(texts, args.holdout, args.seed)[0])
     if not args.out:
         loading.set_current_version(out.parent, out)
     m = info["metrics"]
