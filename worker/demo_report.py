@@ -14,10 +14,12 @@ def _clip(text: str | None, width: int = 70) -> str:
 
 
 def print_report(url: str, pipeline: str, samples: int = 3) -> None:
+    from worker.config import hide_password
+
     engine = make_engine(normalise_url(url))
     r, d, dl = tables.results, tables.documents, tables.dead_letters
     with engine.connect() as conn:
-        print(f"\nWhat the database ({url}) now holds for pipeline `{pipeline}`:")
+        print(f"\nWhat the database ({hide_password(url)}) now holds for pipeline `{pipeline}`:")
         counts = conn.execute(sa.select(r.c.stage, r.c.label, sa.func.count()).where(r.c.pipeline == pipeline)
                               .group_by(r.c.stage, r.c.label).order_by(r.c.stage)).all()
         by_stage: dict[str, list[str]] = {}

@@ -68,15 +68,18 @@ assert {"sentiment", "spam", "qa"} <= set(stages), stages
 PY
 
 say "3. textworker serve in the container, curl from the host"
-podman_ run -d --name textworker-smoke-serve --network host --shm-size 1g "$IMAGE" \
-    serve pipelines/demo.yaml --host 127.0.0.1 --port "$PORT" --database-url none >/dev/null
+# as infra/compose.yaml runs it: on every interface, so with a token (refused without one)
+podman_ run -d --name textworker-smoke-serve --network host --shm-size 1g -e TEXTWORKER_TOKEN=smoke-token "$IMAGE" \
+    serve pipelines/demo.yaml --host 0.0.0.0 --port "$PORT" --database-url none >/dev/null
 for _ in $(seq 1 180); do
     curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
     podman_ container exists textworker-smoke-serve || fail "the serve container exited"
     sleep 2
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { podman_ logs --tail 40 textworker-smoke-serve; fail "serve never became ready"; }
-curl -sf "http://127.0.0.1:$PORT/v1/documents" -H 'content-type: application/json' -d '{"documents": [
+curl -s -o /dev/null -w '%{http_code}\n' "http://127.0.0.1:$PORT/v1/documents" -H 'content-type: application/json' -d '{}' \
+    | grep -qx 401 || fail "serve answered a request without the token"
+curl -sf "http://127.0.0.1:$PORT/v1/documents" -H 'content-type: application/json' -H 'Authorization: Bearer smoke-token' -d '{"documents": [
   {"id": "r1", "text": "The room was spotless and the staff were lovely."},
   {"id": "m1", "text": "URGENT! You have won a prize. Call 09061 701461 now"}]}' | tee "$WORK/serve.json"
 echo

@@ -19,7 +19,9 @@ class ServeSettings(BaseModel):
     max_chars: int | None = Field(
         default=None, gt=0, description="Longer documents get a per-document too_large error; None: the pipeline source's max_chars."
     )
-    database_url: str | None = Field(default=None, description="Write every served document and result here; None: do not store.")
+    database_url: str | None = Field(
+        default=None, repr=False, description="Write every served document and result here; None: do not store (not in the repr: it may hold a password)."
+    )
     batch_calls: int = Field(default=16, ge=1, description="Most calls (requests) one stage replica batches together.")
     batch_wait_ms: float = Field(default=10.0, ge=0, description="How long a stage replica waits for more calls to batch.")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 429 and 503.")

@@ -60,11 +60,14 @@ def make_engine(url: str) -> Engine:
     """An engine for the URL, with the settings this project relies on per dialect."""
     try:
         engine = sa.create_engine(url, pool_pre_ping=True, future=True)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise SinkError(f"cannot use database URL: {exc}", hint="e.g. sqlite:///textworker.db or postgresql+psycopg://user@host/db") from exc
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+        from worker.config import hide_password
+
+        raise SinkError(f"cannot use database URL: {hide_password(str(exc))}",
+                        hint="e.g. sqlite:///textworker.db or postgresql+psycopg://user@host/db") from None
     if engine.dialect.name == "sqlite":
         if engine.url.database and engine.url.database != ":memory:":
-            Path(engine.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _writable_sqlite_file(Path(engine.url.database).expanduser())
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -75,6 +78,18 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def _writable_sqlite_file(path: Path) -> None:
+    """Create the SQLite file's directory and the file itself, or say in one line why that is impossible."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise SinkError(f"cannot write the SQLite database {path}: {exc.strerror or exc}{where}",
+                        hint="point --database-url at a file in a writable directory, e.g. sqlite:///textworker.db") from None
 
 
 def normalise_url(url: str) -> str:
