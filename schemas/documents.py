@@ -21,6 +21,10 @@ class Document(BaseModel):
     text: str = Field(min_length=1)
     meta: dict[str, Any] = Field(default_factory=dict)
     source_ref: str = ""
+    clipped: bool = Field(
+        default=False,
+        description="The text is a clipped copy (a requeued dead letter's payload): the sink never writes it over a stored document.",
+    )
 
 
 class StageResult(BaseModel):

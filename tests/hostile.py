@@ -51,7 +51,7 @@ scalars = st.one_of(
 json_values = st.recursive(
     scalars,
     lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(nasty_strings(), children, max_size=4)),
-    max_leaves=12,
+    max_leaves=6,
 )
 
 
@@ -79,7 +79,7 @@ def hostile_field(draw: st.DrawFn, storable: bool = False) -> str:
         return draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", str(2**64), str(-(2**63) - 1),
                                      "9" * 5000, "1" * 400, "0.5e-400"]))
     if choice == 3:
-        return _dumps("x" * draw(st.sampled_from([300, 70_000, 1_100_000])))
+        return _dumps("x" * draw(st.sampled_from([300, 300, 70_000, 70_000, 70_000, 1_100_000])))
     if choice == 4:
         return "null"
     if choice == 5:
@@ -141,3 +141,28 @@ def hostile_record(draw: st.DrawFn) -> Record:
 def valid_document(index: int, tag: str) -> dict[str, Any]:
     """A plain, valid document that must get all its results."""
     return {"id": f"{tag}-valid-{index:05d}", "text": f"Valid neighbour number {index}: the film was good and the service fine."}
+
+
+@st.composite
+def hostile_feedback(draw: st.DrawFn, stage: str = "spam") -> bytes:
+    """A feedback record: a row for `stage` with hostile parts, or any hostile record value."""
+    if draw(st.integers(0, 3)) == 0:
+        _key, value = draw(hostile_record())
+        return value if value is not None else b"null"
+    fields = {
+        "stage": draw(st.sampled_from([_dumps(stage), _dumps(stage), "[]", "{}", "null", "5", _dumps(stage + "\ud800"), _dumps("nope")])),
+        "text": draw(st.one_of(st.just(_dumps("a feedback text")), hostile_field())),
+        "label": draw(st.sampled_from([_dumps("spam"), _dumps("ham"), "5", str(2**70), "9" * 4400, "[]", "null", _dumps("h\x00am"),
+                                       _dumps("x" * 300), _dumps("\udc80")])),
+    }
+    optional = {
+        "who": lambda: draw(st.one_of(st.just(_dumps("tester")), hostile_field())),
+        "doc_id": lambda: draw(st.one_of(st.just(_dumps("d-1")), hostile_field())),
+        "answers": lambda: '{"text": ' + draw(st.sampled_from(["5", "[]", '["a"]', "null", '"abc"', "[[1]]"])) + "}",
+        "context": lambda: draw(hostile_field()),
+        "question": lambda: draw(hostile_field()),
+    }
+    for name in draw(st.lists(st.sampled_from(sorted(optional)), unique=True, max_size=3)):
+        fields[name] = optional[name]()
+    body = "{" + ", ".join(f"{_dumps(k)}: {v}" for k, v in draw(st.permutations(list(fields.items())))) + "}"
+    return body.encode("utf-8", "surrogatepass")

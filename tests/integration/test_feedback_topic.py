@@ -42,7 +42,11 @@ def test_feedback_topic_is_drained_into_sql(kafka_bootstrap: str, shared_data: P
         first = consumer.drain()
         assert (first.received, first.inserted, first.duplicates) == (43, len(set(rows[:40])), 40 - len(set(rows[:40])))
         assert sorted(r.reason for r in first.rejected) == ["invalid_json", "unknown_label", "unknown_stage"]
-        assert all(f"{topic}[" in r.detail for r in first.rejected)
+        assert all(r.detail.startswith(f"{topic}/") for r in first.rejected)
+        with engine.connect() as conn:  # each refused record is a dead letter at its position, with its reason
+            letters = conn.execute(sa.text("SELECT ref, stage, reason FROM dead_letters")).all()
+        assert sorted(r.reason for r in letters) == ["invalid_json", "unknown_label", "unknown_stage"]
+        assert all(r.stage == "feedback" and r.ref.startswith(f"{topic}/") for r in letters)
         assert consumer.drain().received == 0
         produce(kafka_bootstrap, topic, _messages(rows[30:60]), codecs=["lz4"])
         second = consumer.drain()

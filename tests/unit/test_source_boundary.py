@@ -180,3 +180,22 @@ def test_text_file_over_the_limit_is_refused_unread(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_text("w" * 5000, encoding="utf-8")
     (item,) = FileDocumentSource(FileSource(path=str(tmp_path / "big.txt"), max_chars=100)).read()
     assert isinstance(item, DeadLetter) and item.reason == "too_large"
+
+
+def test_a_large_json_array_is_read_in_bounded_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    monkeypatch.setattr(files, "CHUNK_CHARS", 64 * 1024)  # memory is bounded by the chunk and one element, not the file
+    path = tmp_path / "large.json"
+    element = {"id": "", "text": "a review that is long enough to matter " * 20}
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write("[")
+        for index in range(8_000):  # about 6.5 MB
+            handle.write(("," if index else "") + json.dumps({**element, "id": f"d{index}"}))
+        handle.write("]")
+    tracemalloc.start()
+    count = sum(1 for _ in FileDocumentSource(FileSource(path=str(path))).read())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 8_000
+    assert peak < 2 * 1024 * 1024, f"{peak / 1024**2:.1f} MiB held while reading a {path.stat().st_size / 1024**2:.0f} MB array"

@@ -161,15 +161,14 @@ def test_other_pipeline_keeps_its_own_rows(db_url: str, sink: SqlResultSink) -> 
     try:
         other.write(make_batch())
         c = counts(other)
-        assert c["documents"] == 2, "documents are shared by doc_id"
+        assert c["documents"] == 4, "documents are kept per (pipeline, doc_id)"
         assert c["results"] == 6 and c["dead_letters"] == 2
     finally:
         other.close()
 
 
-def test_failed_batch_leaves_nothing(sink: SqlResultSink) -> None:
+def test_refused_row_is_dead_lettered_and_the_rest_of_the_batch_lands(sink: SqlResultSink) -> None:
     sink.write(make_batch(offset=10))
-    before = counts(sink)
     bad_result = StageResult.model_construct(doc_id=None, stage="sentiment", label="x", score=None, output={}, model_version="")
     batch = SinkBatch(
         documents=[Document(id="d9", text="new doc"), Document(id="d1", text="changed text")],
@@ -177,12 +176,12 @@ def test_failed_batch_leaves_nothing(sink: SqlResultSink) -> None:
         dead_letters=[DeadLetter(ref="in.jsonl:99", reason="empty_text")],
         offsets=[Offset("g1", "docs", 0, 999)],
     )
-    with pytest.raises(sa.exc.IntegrityError):
-        sink.write(batch)
-    assert counts(sink) == before
+    sink.write(batch)  # NOT NULL refuses the result without a doc_id: bisected out, the rest is stored
     docs = {r.doc_id: r.text for r in rows(sink, tables.documents)}
-    assert "d9" not in docs and docs["d1"] == "first text"
-    assert sink.load_offsets("g1") == {("docs", 0): 10, ("docs", 1): 15}
+    assert docs["d9"] == "new doc" and docs["d1"] == "changed text"
+    letters = {(r.ref, r.stage, r.reason) for r in rows(sink, tables.dead_letters)}
+    assert ("in.jsonl:99", "source", "empty_text") in letters and ("None", "sink", "sink_rejected") in letters
+    assert sink.load_offsets("g1") == {("docs", 0): 999, ("docs", 1): 15}
 
 
 def test_duplicate_keys_in_one_batch_keep_last(sink: SqlResultSink) -> None:

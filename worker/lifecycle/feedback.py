@@ -7,7 +7,14 @@ for translate. Rows come from files (`textworker feedback import`), the HTTP API
 three go through `validate_row` and `store_rows`.
 
 Contract: a bad row is data, never an exception — it becomes a `Rejected` with its
-line (or position), a reason code and a detail, and the good rows are kept. Each
+line (or position), a reason code and a detail, and the good rows are kept. Whatever a
+row holds (any JSON: nesting, numbers, lone surrogates, NULs, huge strings), `validate_row`
+answers a FeedbackRow or a RowProblem, and a FeedbackRow can be stored: its strings are
+UTF-8 without NULs and within the columns' sizes. Reason codes: not_an_object,
+unknown_stage, missing_field, wrong_type, empty_text, empty_answer, empty_question,
+empty_reference, unknown_label, answer_not_in_context, invalid_utf8, too_large,
+invalid_json (and too_deep, duplicate_key, number_out_of_range from the strict decoder
+of `worker.sources.validation`). Each
 stored row has a `fingerprint` (sha256 over pipeline, stage and the labelled content,
 not who sent it or how), unique in the table: storing the same row again, from any
 source, adds nothing.
@@ -20,7 +27,7 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,11 +40,14 @@ from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
 from worker.errors import DataFileError
 from worker.models import loading
 from worker.sinks import tables
+from worker.sources.validation import RecordProblem, decode_json
 
 csv.field_size_limit(sys.maxsize)
 StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
 _fb = tables.feedback
 CHUNK = 500
+MAX_TEXT_CHARS = 1_000_000  # text, context, question, answer, reference
+MAX_SHORT_CHARS = {"label": 256, "who": 256, "doc_id": 512}
 FIELD_NAMES = ("text", "label", "context", "question", "answer", "answers", "source", "reference", "id", "doc_id", "who")
 
 
@@ -118,6 +128,18 @@ def stage_labels(stage: StageSpec) -> list[str] | None:
     return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] or None
 
 
+def _clean(value: str, key: str, limit: int) -> str:
+    """A storable copy of a string field: no lone surrogates (refused), no NULs (removed), at most `limit` characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowProblem("invalid_utf8", f"`{key}` holds a lone surrogate (not UTF-8)") from None
+    value = value.replace("\x00", "")
+    if len(value) > limit:
+        raise RowProblem("too_large", f"`{key}` has {len(value)} characters (limit {limit})")
+    return value
+
+
 def _text(raw: dict[str, Any], *keys: str, what: str, empty_reason: str = "empty_text") -> str:
     key = next((k for k in keys if k in raw and raw[k] is not None), None)
     if key is None:
@@ -125,34 +147,69 @@ def _text(raw: dict[str, Any], *keys: str, what: str, empty_reason: str = "empty
     value = raw[key]
     if not isinstance(value, str):
         raise RowProblem("wrong_type", f"`{key}` must be a string, not {type(value).__name__}")
+    value = _clean(value, key, MAX_TEXT_CHARS)
     if not value.strip():
         raise RowProblem(empty_reason, f"the {what} is empty")
     return value
 
 
+def _short(raw: dict[str, Any], key: str, *fallbacks: str) -> str | None:
+    """An optional short field (label, who, doc_id): a string or a 64-bit integer, or None."""
+    name = next((k for k in (key, *fallbacks) if raw.get(k) is not None), None)
+    if name is None:
+        return None
+    value = raw[name]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise RowProblem("wrong_type", f"`{name}` must be a string or an integer, not {type(value).__name__}")
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise RowProblem("number_out_of_range", f"`{name}` is outside the signed 64-bit range")
+        value = str(value)
+    return _clean(value, name, MAX_SHORT_CHARS[key])
+
+
 def _answer(raw: dict[str, Any]) -> str:
     """`answer` as a string, or SQuAD's `answers: {"text": [...]}` (its first answer)."""
     if "answer" not in raw and isinstance(raw.get("answers"), dict):
-        texts = raw["answers"].get("text") or []
+        texts = raw["answers"].get("text")
+        if isinstance(texts, str):
+            texts = [texts]
+        if texts is not None and not isinstance(texts, list):
+            raise RowProblem("wrong_type", f"`answers.text` must be a list of strings, not {type(texts).__name__}")
         if not texts:
             raise RowProblem("empty_answer", "`answers.text` is empty (unanswerable questions cannot train the model)")
         raw = {"answer": texts[0]}
     return _text(raw, "answer", what="answer", empty_reason="empty_answer")
 
 
-def validate_row(stage: StageSpec, raw: Any, labels: Sequence[str] | None) -> FeedbackRow:
-    """A stored-to-be row for `stage`, or RowProblem naming what is wrong."""
+def stage_of(stages: Mapping[str, StageSpec], raw: Any) -> StageSpec:
+    """The stage a row names in its `stage` field, or RowProblem (not_an_object, unknown_stage)."""
     if not isinstance(raw, dict):
         raise RowProblem("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
-    doc_id = raw.get("doc_id", raw.get("id"))
-    ident = str(doc_id) if doc_id is not None else None
-    who = str(raw["who"]) if raw.get("who") is not None else None
+    name = raw.get("stage")
+    if not isinstance(name, str) or name not in stages:
+        raise RowProblem("unknown_stage", f"`stage` must name one of the pipeline's stages: {', '.join(stages)}")
+    return stages[name]
+
+
+def validate_any(stages: Mapping[str, StageSpec], labels: Mapping[str, Sequence[str] | None], raw: Any) -> FeedbackRow:
+    """A row that names its stage (the topic's and the HTTP API's rows): a FeedbackRow or RowProblem, whatever `raw` is."""
+    stage = stage_of(stages, raw)
+    return validate_row(stage, raw, labels.get(stage.name))
+
+
+def validate_row(stage: StageSpec, raw: Any, labels: Sequence[str] | None) -> FeedbackRow:
+    """A stored-to-be row for `stage`, or RowProblem naming what is wrong (never another exception)."""
+    if not isinstance(raw, dict):
+        raise RowProblem("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+    ident = _short(raw, "doc_id", "id")
+    who = _short(raw, "who")
     if isinstance(stage, ClassifyStage | SpamStage):
         text = _text(raw, "text", what="text")
-        label = raw.get("label")
+        label = _short(raw, "label")
         if label is None:
             raise RowProblem("missing_field", "no `label` field")
-        label = str(label).strip()
+        label = label.strip()
         if labels and label not in labels:
             raise RowProblem("unknown_label", f"label `{label}` is not one of the stage's labels: {', '.join(labels)}")
         return FeedbackRow(stage=stage.name, text=text, label=label, doc_id=ident, who=who)
@@ -204,9 +261,10 @@ def read_file(path: str | Path, stage: StageSpec) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, RowProblem("invalid_json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+            yield number, decode_json(line)
+        except RecordProblem as problem:
+            detail = problem.detail.replace("the value is not JSON: ", "not valid JSON: ")
+            yield number, RowProblem(problem.reason, detail)
 
 
 def _read_table(text: str, path: Path, stage: StageSpec) -> Iterator[tuple[int, Any]]:
@@ -268,6 +326,32 @@ def store_rows(engine: Engine, pipeline: str, rows: Sequence[FeedbackRow], *, so
                 conn.execute(_insert_ignoring_duplicates(conn.dialect.name), new)
                 inserted += len(new)
     return inserted, len(rows) - inserted
+
+
+def store_rows_isolating(engine: Engine, pipeline: str, rows: Sequence[FeedbackRow], *, source: str,
+                         ) -> tuple[int, int, list[tuple[FeedbackRow, str]]]:
+    """`store_rows`, but a row the database refuses (which validation should make impossible) is
+    set aside with the database's message instead of failing the others: (inserted, duplicates, refused)."""
+    from worker.sinks.sql import first_line, is_poison
+
+    try:
+        inserted, duplicates = store_rows(engine, pipeline, rows, source=source)
+        return inserted, duplicates, []
+    except Exception as exc:
+        if not is_poison(exc):
+            raise
+    inserted = duplicates = 0
+    refused: list[tuple[FeedbackRow, str]] = []
+    for row in rows:
+        try:
+            one, dup = store_rows(engine, pipeline, [row], source=source)
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            refused.append((row, first_line(exc)))
+            continue
+        inserted, duplicates = inserted + one, duplicates + dup
+    return inserted, duplicates, refused
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Any:

@@ -5,9 +5,11 @@ Two kinds of bad input, answered differently:
 - A request that does not fit the schema (no `documents` list, `text` not a string,
   a repeated id, an unknown top-level key) is refused whole: 422 with the field path.
 - A document that fits the schema but cannot be processed (empty text, over the size
-  limit, invalid UTF-8, an unusable id) gets a per-document error with the same reason
-  code a file or Kafka source gives it (see `worker.sources.validation`); the other
-  documents of the request are processed.
+  limit, invalid UTF-8 or a lone surrogate in any field or key, fields nested deeper
+  than 64 levels, a number out of range, an unusable id) gets a per-document error with
+  the same reason code a file or Kafka source gives it (see `worker.sources.validation`);
+  the other documents of the request are processed. Building a document's entry never
+  raises, whatever its fields hold.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from schemas.documents import DeadLetter, Document, StageResult
-from worker.sources.validation import to_document
+from worker.sources.validation import RecordProblem, check_structure, to_document
 
 
 class DocumentIn(BaseModel):
@@ -83,9 +85,21 @@ def read_documents(request: DocumentsRequest, request_id: str, max_chars: int) -
         if record.get("id") is None:
             record.pop("id", None)
         ref = f"http:{request_id}/documents[{position}]"
-        payload = json.dumps(record, default=str)  # ASCII: lone surrogates stay escaped
-        items.append(to_document(record, ref, max_chars=max_chars, payload=payload))
+        items.append(to_document(record, ref, max_chars=max_chars, payload=_payload(record)))
     return items
+
+
+def _payload(record: dict[str, Any]) -> str:
+    """The document as ASCII JSON for a dead letter (lone surrogates stay escaped); never raises,
+    whatever the body held (nesting beyond the encoder's stack, numbers JSON cannot write)."""
+    try:
+        check_structure(record, "the document")
+        return json.dumps(record, default=str)
+    except (RecordProblem, ValueError, TypeError, RecursionError) as exc:
+        reason = exc.reason if isinstance(exc, RecordProblem) else type(exc).__name__
+        text = record.get("text")
+        return json.dumps({"id": str(record.get("id", ""))[:512], "text": text if isinstance(text, str) else None,
+                           "note": f"other fields left out ({reason})"})
 
 
 def duplicate_ids(items: list[Document | DeadLetter]) -> list[dict[str, Any]]:

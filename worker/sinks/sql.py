@@ -1,18 +1,39 @@
 """The SQL sink: documents, stage results, dead letters and stream offsets.
 
 Delivery contract: `write(batch)` stores everything in the batch in ONE transaction,
-or nothing. Rows are upserted on their natural keys (doc_id; pipeline+doc_id+stage;
+or nothing. Rows are upserted on their natural keys (pipeline+doc_id; pipeline+doc_id+stage;
 pipeline+ref+stage), so writing the same batch twice leaves the same rows. Offsets
 in the batch are stored in that same transaction, so after a crash at any line the
 stored offsets never run ahead of the stored results. Review-queue items (low-confidence
 results, see `worker.lifecycle.review`) are queued in that same transaction too.
+
+Poison rows: the last line of defence
+-------------------------------------
+Sources validate records at their boundary (`worker.sources.validation`), so a row the
+database refuses should never reach the sink. If one does, a batch whose write fails
+with a non-transient error (the database refuses a value, or the driver cannot encode
+it) is bisected: it is split into units (a document with its results, review items and
+stage dead letters; or a lone dead letter), halves are written until every unit that
+can be stored is, and each unit that fails on its own becomes a dead letter
+`sink_rejected` at stage `sink`, with the database's message and the unit as JSON. The
+good units, then the rejections with the batch's offsets, are written in transactions
+of their own, offsets last, so the stored offsets still never run ahead of the stored
+rows. If even the ASCII-only rejection rows cannot be written, the error is not the
+rows' fault and is raised.
+
+Errors: only connection-level failures (refused or lost connections, timeouts, a
+server restarting) are retried, forever when streaming. A failed authentication or an
+unknown database is fatal at once (`SinkError`, one line); so is a host name that does
+not resolve when the sink opens (later it counts as a connection failure).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,11 +134,58 @@ def migrate(engine: Engine) -> None:
         raise SinkError(f"cannot reach the database to migrate it: {exc.orig}", hint="check --database-url and that the server runs") from exc
 
 
+_AUTH = re.compile(r"password authentication failed|authentication failed|role \S+ does not exist|no pg_hba\.conf entry"
+                   r"|access denied for user|\(1045,", re.I)
+_UNKNOWN_DB = re.compile(r"database \S+ does not exist|unknown database|\(1049,", re.I)
+_DNS = re.compile(r"failed to resolve host|could not translate host name|name or service not known|nodename nor servname"
+                  r"|temporary failure in name resolution|unknown (mysql|mariadb) server host|getaddrinfo failed", re.I)
+
+
+def connection_problem(exc: BaseException) -> str | None:
+    """`authentication`, `unknown database` or `dns` when a connection failure is one a person must fix."""
+    while isinstance(exc, SinkError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return None
+    message = str(exc.orig) if exc.orig is not None else str(exc)
+    if _AUTH.search(message):
+        return "authentication"
+    if _UNKNOWN_DB.search(message):
+        return "unknown database"
+    if _DNS.search(message):
+        return "dns"
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: lost connections, server restarts, lock timeouts."""
+    """Errors worth retrying: lost connections, server restarts, lock timeouts (not a refused login or an unknown database)."""
+    if connection_problem(exc) in ("authentication", "unknown database"):
+        return False
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+def is_poison(exc: BaseException) -> bool:
+    """A failure caused by the rows written: the database refused a value, or it could not be encoded."""
+    if isinstance(exc, SinkError) or is_transient(exc) or connection_problem(exc):
+        return False
+    if isinstance(exc, sa.exc.DBAPIError):  # a missing table or privilege (ProgrammingError...) is no row's fault
+        return isinstance(exc, sa.exc.DataError | sa.exc.IntegrityError)
+    return isinstance(exc, sa.exc.StatementError | ValueError | TypeError | RecursionError | OverflowError)
+
+
+def fatal_error(exc: BaseException, url: sa.engine.URL, *, opening: bool) -> SinkError | None:
+    """A one-line SinkError for a failure no retry can fix (a DNS failure only while opening)."""
+    problem = connection_problem(exc)
+    where = f"{url.host or 'localhost'}{':' + str(url.port) if url.port else ''}/{url.database or ''}"
+    if problem == "authentication":
+        return SinkError(f"the database at {where} refused the login of user `{url.username or ''}`: check the user and password in the database URL")
+    if problem == "unknown database":
+        return SinkError(f"the database `{url.database}` does not exist on {url.host or 'localhost'}: create it or fix the database URL")
+    if problem == "dns" and opening:
+        return SinkError(f"the database host `{url.host}` does not resolve (DNS): fix the host in the database URL")
+    return None
 
 
 def _now() -> datetime:
@@ -154,8 +222,16 @@ class SqlResultSink:
         self.engine: Engine | None = None
 
     def open(self) -> SqlResultSink:
+        """Connect and migrate, retrying while the server is unreachable; fatal (one line) for a
+        refused login, an unknown database or a host name that does not resolve."""
         self.engine = make_engine(self.url)
-        self._retrying(lambda: migrate(self._engine))
+        try:
+            self._retrying(lambda: migrate(self._engine), opening=True)
+        except Exception as exc:
+            fatal = fatal_error(exc, self._engine.url, opening=True)
+            if fatal is not None:
+                raise fatal from None
+            raise
         return self
 
     @property
@@ -164,7 +240,7 @@ class SqlResultSink:
             raise RuntimeError("SqlResultSink.open() was not called")
         return self.engine
 
-    def _retrying(self, fn: Callable[[], Any]) -> Any:
+    def _retrying(self, fn: Callable[[], Any], *, opening: bool = False) -> Any:
         def before_sleep(state: Any) -> None:
             exc = state.outcome.exception()
             log.warning("database unavailable, retrying", extra={"error": str(exc)[:300], "attempt": state.attempt_number})
@@ -172,7 +248,9 @@ class SqlResultSink:
                 self.on_retry(exc)
 
         def transient(exc: BaseException) -> bool:
-            return is_transient(exc) or (isinstance(exc, SinkError) and isinstance(exc.__cause__, sa.exc.OperationalError))
+            if fatal_error(exc, self._engine.url, opening=opening) is not None:
+                return False
+            return is_transient(exc) or (isinstance(exc, SinkError) and is_transient(exc.__cause__ or exc))
 
         retrying = Retrying(
             retry=retry_if_exception(transient), stop=self._stop, wait=self._wait,
@@ -181,9 +259,48 @@ class SqlResultSink:
         return retrying(fn)
 
     def write(self, batch: SinkBatch) -> None:
-        """Store the whole batch in one transaction (retrying transient errors)."""
-        if batch:
+        """Store the whole batch in one transaction (retrying transient errors); a batch the
+        database refuses is bisected and its poison rows dead-lettered (module docstring)."""
+        if not batch:
+            return
+        try:
             self._retrying(lambda: self._write_once(batch))
+        except Exception as exc:
+            fatal = fatal_error(exc, self._engine.url, opening=False)
+            if fatal is not None:
+                raise fatal from exc
+            if not is_poison(exc):
+                raise
+            self._write_isolating(batch, exc)
+
+    def _write_isolating(self, batch: SinkBatch, first: BaseException) -> None:
+        """Bisect `batch` (which failed with `first`): store what can be stored, dead-letter the rest."""
+        units = split_units(batch)
+        rejected: list[DeadLetter] = []
+        todo = [units[: len(units) // 2], units[len(units) // 2:]] if len(units) > 1 else []
+        if len(units) == 1:
+            rejected.append(rejection(units[0], first))
+        while todo:
+            group = todo.pop(0)
+            if not group:
+                continue
+            try:
+                self._retrying(lambda group=group: self._write_once(merge_units(group)))  # type: ignore[misc]
+            except Exception as exc:
+                if not is_poison(exc):
+                    raise
+                if len(group) == 1:
+                    rejected.append(rejection(group[0], exc))
+                else:
+                    todo[:0] = [group[: len(group) // 2], group[len(group) // 2:]]
+        try:
+            self._retrying(lambda: self._write_once(SinkBatch(dead_letters=rejected, offsets=batch.offsets)))
+        except Exception as exc:
+            if is_poison(exc):
+                raise SinkError(f"the database refuses even plain ASCII rows: {first_line(exc)}") from first
+            raise
+        for letter in rejected:
+            log.warning("row rejected by the database", extra={"doc_id": letter.ref, "reason": letter.reason, "detail": letter.detail[:300]})
 
     def _write_once(self, batch: SinkBatch) -> None:
         with self._engine.begin() as conn:
@@ -231,32 +348,41 @@ class SqlResultSink:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
             stmt = pg_insert(table)
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+            stmt = (stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update}) if update
+                    else stmt.on_conflict_do_nothing(index_elements=keys))
         elif dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             stmt = sqlite_insert(table)
-            stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+            stmt = (stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update}) if update
+                    else stmt.on_conflict_do_nothing(index_elements=keys))
         elif dialect in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert as mysql_insert
 
             stmt = mysql_insert(table)
-            stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
+            stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update or keys[-1:]})
         else:
             raise SinkError(f"database dialect `{dialect}` is not supported", hint="use SQLite, PostgreSQL or MariaDB/MySQL")
         conn.execute(stmt, _dedupe(rows, keys))
 
     def _upsert_documents(self, conn: Connection, docs: list[Document]) -> None:
+        """Upsert on (pipeline, doc_id); a `clipped` document (requeued from a clipped payload)
+        is only inserted when no row exists, never written over a stored one."""
         now = _now()
-        rows = [
-            {
-                "doc_id": d.id, "text": d.text if self.store_text else None, "chars": len(d.text),
-                "sha256": hashlib.sha256(d.text.encode("utf-8")).hexdigest(), "meta": _jsonable(d.meta),
-                "source_ref": d.source_ref[:1024], "created_at": now, "updated_at": now,
-            }
-            for d in docs
-        ]
-        self._upsert(conn, tables.documents, rows, ["doc_id"], ["text", "chars", "sha256", "meta", "source_ref", "updated_at"])
+        rows = {
+            clipped: [
+                {
+                    "pipeline": self.pipeline, "doc_id": d.id, "text": d.text if self.store_text else None, "chars": len(d.text),
+                    "sha256": hashlib.sha256(d.text.encode("utf-8")).hexdigest(), "meta": _jsonable(d.meta),
+                    "source_ref": d.source_ref[:1024], "created_at": now, "updated_at": now,
+                }
+                for d in docs if d.clipped == clipped
+            ]
+            for clipped in (False, True)
+        }
+        keys = ["pipeline", "doc_id"]
+        self._upsert(conn, tables.documents, rows[False], keys, ["text", "chars", "sha256", "meta", "source_ref", "updated_at"])
+        self._upsert(conn, tables.documents, rows[True], keys, [])
 
     def _upsert_results(self, conn: Connection, results: list[StageResult]) -> None:
         now = _now()
@@ -276,7 +402,7 @@ class SqlResultSink:
         now = _now()
         rows = [
             {
-                "pipeline": self.pipeline, "ref": d.ref[:1024], "stage": d.stage, "reason": d.reason,
+                "pipeline": self.pipeline, "ref": d.ref[:1024], "stage": d.stage[:64], "reason": d.reason[:64],
                 "detail": d.detail[:4000], "payload": d.payload.replace("\x00", "\\x00"),
                 "run_id": self.run_id, "created_at": now, "updated_at": now, "requeued_at": None,
             }
@@ -313,3 +439,88 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def store_dead_letters(engine: Engine, pipeline: str, run_id: str, letters: list[DeadLetter]) -> None:
+    """Write dead letters through a sink on an engine that is already open and migrated (the
+    feedback topic's refused records); the same upserts, retries and poison isolation."""
+    if not letters:
+        return
+    sink = SqlResultSink(engine.url.render_as_string(hide_password=False), pipeline, run_id)
+    sink.engine = engine  # borrowed: not disposed here
+    sink.write(SinkBatch(dead_letters=letters))
+
+
+# --------------------------------------------------------------------------- poison isolation
+
+
+@dataclass
+class Unit:
+    """What is written or refused together: a document with its results, review items and
+    stage dead letters, or a lone dead letter."""
+
+    key: str
+    batch: SinkBatch
+
+
+def split_units(batch: SinkBatch) -> list[Unit]:
+    """The batch's rows grouped by document (offsets excluded), in batch order."""
+    units: dict[str, SinkBatch] = {}
+
+    def unit(key: str) -> SinkBatch:
+        return units.setdefault(key, SinkBatch())
+
+    for doc in batch.documents:
+        unit(f"doc:{doc.id}").documents.append(doc)
+    for result in batch.results:
+        unit(f"doc:{result.doc_id}").results.append(result)
+    for item in batch.reviews:
+        unit(f"doc:{item.doc_id}").reviews.append(item)
+    for index, letter in enumerate(batch.dead_letters):
+        key = f"doc:{letter.ref}"
+        unit(key if key in units and letter.stage != "source" else f"letter:{index}").dead_letters.append(letter)
+    return [Unit(key, part) for key, part in units.items()]
+
+
+def merge_units(units: Sequence[Unit]) -> SinkBatch:
+    merged = SinkBatch()
+    for unit in units:
+        merged.documents += unit.batch.documents
+        merged.results += unit.batch.results
+        merged.dead_letters += unit.batch.dead_letters
+        merged.reviews += unit.batch.reviews
+    return merged
+
+
+def _ascii(text: str, limit: int) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")[:limit]
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message` of an error (the driver's error when SQLAlchemy wraps one)."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig if orig is not None else exc).__name__}: {message[0] if message else ''}"
+
+
+def rejection(unit: Unit, exc: BaseException) -> DeadLetter:
+    """The `sink_rejected` dead letter of a unit the database refused: ASCII only, so it can always be stored.
+
+    Its payload is the document as JSON (`id`, `text`, then its fields), which requeue
+    validates again like a source record; for a lone dead letter, that letter."""
+    part = unit.batch
+    record: dict[str, Any]
+    if part.documents:
+        doc = part.documents[-1]
+        ref, record = doc.id, {"id": doc.id, "text": doc.text, **doc.meta}
+    elif part.results:
+        ref, record = str(part.results[0].doc_id), {"id": part.results[0].doc_id, "stage": part.results[0].stage}
+    else:
+        letter = part.dead_letters[0]
+        ref, record = str(letter.ref), {"ref": letter.ref, "stage": letter.stage, "reason": letter.reason, "detail": letter.detail}
+    try:
+        payload = json.dumps(record, ensure_ascii=True)
+    except (ValueError, TypeError, RecursionError):
+        payload = json.dumps({"id": ref, "text": record.get("text", "")}, ensure_ascii=True)
+    return DeadLetter(ref=_ascii(ref, 1024), stage="sink", reason="sink_rejected",
+                      detail=_ascii(first_line(exc), 2000), payload=_ascii(payload, 64 * 1024))

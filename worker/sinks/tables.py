@@ -1,9 +1,10 @@
 """The SQL schema as SQLAlchemy Core tables (the Alembic migrations create the same).
 
-`results` holds one row per (pipeline, document, stage); `dead_letters` one row per
-(pipeline, input reference, stage). Both keys make re-running the same input a no-op
-for row counts. `stream_offsets` holds the next offset to read per consumer group and
-partition, written in the same transaction as the results it covers.
+`documents` holds one row per (pipeline, document); `results` one row per (pipeline,
+document, stage); `dead_letters` one row per (pipeline, input reference, stage). These
+keys make re-running the same input a no-op for row counts. `stream_offsets` holds the
+next offset to read per consumer group and partition, written in the same transaction
+as the results it covers.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ metadata = sa.MetaData()
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 Timestamp = sa.DateTime(timezone=True)
 
+# `documents`: one row per (pipeline, document), so two pipelines that read the same id
+# keep their own text and fields (migration 0005; before it, doc_id alone was the key).
 documents = sa.Table(
     "documents",
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("doc_id", sa.String(512), nullable=False, unique=True),
+    sa.Column("pipeline", sa.String(64), nullable=False),
+    sa.Column("doc_id", sa.String(512), nullable=False),
     sa.Column("text", sa.Text(), nullable=True),
     sa.Column("chars", sa.Integer(), nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
@@ -28,6 +32,7 @@ documents = sa.Table(
     sa.Column("source_ref", sa.String(1024), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("pipeline", "doc_id", name="uq_documents_pipeline_doc"),
 )
 
 results = sa.Table(
