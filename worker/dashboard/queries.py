@@ -354,16 +354,37 @@ class DashboardStore:
         events_q = sa.select(ev).order_by(ev.c.id.desc()).limit(_page(events_limit))
         if name:
             versions_q, events_q = versions_q.where(reg.c.name == name), events_q.where(ev.c.name == name)
+        refs = tables.model_reference_sets
+        refs_q = sa.select(refs.c.name, refs.c.version, refs.c.manifest).order_by(refs.c.id)
+        gate_q = (sa.select(ev.c.name, ev.c.version, ev.c.details).where(ev.c.action.in_(("promote", "reject")))
+                  .order_by(ev.c.id))
+        if name:
+            refs_q, gate_q = refs_q.where(refs.c.name == name), gate_q.where(ev.c.name == name)
         with self.engine.connect() as conn:
             versions = [{
                 "name": row.name, "version": row.version, "stage": row.stage, "task": row.task, "status": row.status,
                 "reason": row.reason, "parent_version": row.parent_version, "metrics": row.metrics or {},
+                "target_metrics": _headline_metrics(row.metrics or {}), "reference_metrics": _reference_metrics(row.metrics or {}),
                 "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
             } for row in conn.execute(versions_q)]
             events = [{
                 "id": row.id, "name": row.name, "version": row.version, "action": row.action, "reason": row.reason,
                 "details": row.details or {}, "created_at": _iso(row.created_at),
             } for row in conn.execute(events_q)]
+            sets: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in conn.execute(refs_q):
+                m = row.manifest or {}
+                sets.setdefault((row.name, row.version), []).append(
+                    {k: m.get(k) for k in ("name", "role", "rows", "sha256", "origin", "task")})
+            gates: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in conn.execute(gate_q):  # the newest gate decision of each version wins
+                lines = ((row.details or {}).get("gate") or {}).get("sets")
+                if isinstance(lines, list):
+                    gates[(row.name, row.version)] = lines
+        for version in versions:
+            key = (version["name"], version["version"])
+            version["reference_sets"] = sets.get(key, [])
+            version["gate_sets"] = gates.get(key, [])
         return {"versions": versions, "events": events}
 
     def feedback(self, pipeline: str) -> dict[str, Any]:
@@ -378,6 +399,31 @@ class DashboardStore:
             "feedback": [{"stage": s, "source": src, "count": c} for s, src, c in sorted(feedback)],
             "review": [{"stage": s, "status": st, "count": c} for s, st, c in sorted(review)],
         }
+
+
+def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A version's target metrics: a fine-tuned version's `eval.all` (flattened per label), else the stored figures."""
+    found = metrics.get("eval", {}).get("all") if isinstance(metrics.get("eval"), dict) else None
+    if not isinstance(found, dict):
+        return metrics
+    flat = {k: v for k, v in found.items() if not isinstance(v, dict)}
+    for label, scores in (found.get("per_label") or {}).items():
+        flat[f"f1_{label}"] = scores.get("f1")
+    return flat
+
+
+def _reference_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per reference set, the version's figures on it (what the gate measured): {set: {metric: value}}."""
+    found_eval = metrics.get("eval")
+    scored: dict[str, Any] = found_eval if isinstance(found_eval, dict) else {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, found in scored.items():
+        if key.startswith("ref:") and isinstance(found, dict):
+            values = {k: v for k, v in found.items() if not isinstance(v, dict)}
+            for label, scores in (found.get("per_label") or {}).items():
+                values[f"f1_{label}"] = scores.get("f1")
+            out[key[4:]] = values
+    return out
 
 
 def _page(limit: int) -> int:

@@ -273,6 +273,13 @@ async function loadModels() {
     { title: "model", key: "name" }, { title: "version", key: "version" }, { title: "stage", key: "stage" },
     { title: "status", render: (v) => h("span", { class: "badge " + v.status }, v.status) },
     { title: "metrics", render: (v) => Object.entries(v.metrics).filter(([, x]) => typeof x === "number").slice(0, 6).map(([k, x]) => `${k} ${fmt(x)}`).join(" · ") },
+    { title: "reference sets", render: (v) => h("div", { "data-reference-sets": v.version }, ...(v.reference_sets || []).map((r) => {
+      const m = (v.reference_metrics || {})[r.name] || {};
+      const [key, value] = headline(m);
+      return h("div", { "data-set": r.name, title: `sha256 ${r.sha256}` }, `${r.name} (${r.role}, ${r.rows} rows)` + (key ? `: ${key} ${fmt(value)}` : ""));
+    })) },
+    { title: "gate per set", render: (v) => h("div", { "data-gate-sets": v.version }, ...(v.gate_sets || []).map((g) =>
+      h("div", { class: g.ok ? "ok" : "error", "data-set": g.set }, `${g.ok ? "ok" : "FAIL"} ${g.reason}`))) },
     { title: "why", key: "reason" }, { title: "created", render: (v) => (v.created_at || "").replace("T", " ").slice(0, 19) },
   ], data.versions, { "data-table": "model-versions" }) : empty("no versions"));
   replace("model-events", data.events.length ? table([
