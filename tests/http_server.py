@@ -35,3 +35,20 @@ def serve_app(app: Any, timeout_s: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def app_routes(app: Any) -> list[tuple[str, str]]:
+    """(method, path) of every route an ASGI app's router answers, included routers flattened
+    (FastAPI keeps an included router as one entry of `app.routes`); path parameters lose their braces."""
+
+    def flat(routes: Any) -> Iterator[Any]:
+        for route in routes:
+            if hasattr(route, "effective_route_contexts"):
+                yield from route.effective_route_contexts()
+            else:
+                yield route
+
+    pairs = [(method, route.path.replace("{", "").replace("}", ""))
+             for route in flat(app.routes) for method in sorted(getattr(route, "methods", None) or []) if method != "HEAD"]
+    assert pairs, "no routes found: has the router's structure changed?"
+    return pairs

@@ -31,6 +31,7 @@ class Served:
     database_url: str
 
     def post(self, body: object, **kwargs: object) -> requests.Response:
+        kwargs.setdefault("headers", {"X-Textworker": "1"})  # the header every state-changing request needs (CSRF rule)
         return requests.post(self.url + "/v1/documents", json=body, timeout=120, **kwargs)  # type: ignore[arg-type]
 
 
@@ -122,7 +123,7 @@ def test_many_documents_honour_when_and_report_bad_ones(served: Served) -> None:
 
 def test_malformed_json_is_400(served: Served) -> None:
     response = requests.post(served.url + "/v1/documents", data=b'{"documents": [{"text": "a"', timeout=30,
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json", "X-Textworker": "1"})
     assert response.status_code == 400
     assert "malformed JSON" in response.json()["detail"]
 
@@ -184,7 +185,8 @@ def test_feedback_and_dashboard_routers_are_mounted(served: Served) -> None:
     assert "/v1/feedback" in schema["paths"]
     page = requests.get(served.url + "/", timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert requests.post(served.url + "/v1/feedback", data=b"{", headers={"Content-Type": "application/json"}, timeout=30).status_code == 400
+    assert requests.post(served.url + "/v1/feedback", data=b"{", headers={"Content-Type": "application/json", "X-Textworker": "1"},
+                         timeout=30).status_code == 400
 
 
 def test_the_rayservice_builder_builds_the_gpu_pipeline_on_a_cpu_cluster(served: Served, caplog: pytest.LogCaptureFixture) -> None:

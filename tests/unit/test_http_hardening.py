@@ -9,6 +9,7 @@ with the feedback and dashboard routers mounted.
 
 from __future__ import annotations
 
+import contextvars
 import http.server
 import json
 import select
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 
 from schemas.documents import DeadLetter, Document
 from schemas.pipeline import FileSource, PipelineSpec, SpamStage
-from tests.http_server import serve_app
+from tests.http_server import app_routes, serve_app
 from worker.dashboard.app import make_app
 from worker.observability.auth import OPEN_PATHS
 from worker.sinks.sql import SinkBatch, SqlResultSink
@@ -76,8 +77,9 @@ def _ingress_app(models_dir: Path, database_url: str, token: str | None, max_bod
 
 @pytest.fixture(scope="module")
 def served_app(models_dir: Path, store: str, monkeypatch_module: pytest.MonkeyPatch) -> Any:
-    """The `serve --token` app: /v1/documents, /v1/feedback and the dashboard, one token."""
-    return _ingress_app(models_dir, store, TOKEN)
+    """The `serve --token` app: /v1/documents, /v1/feedback and the dashboard, one token. Built in a
+    context of its own, as in its Serve replica, so the run's log context stays out of other tests."""
+    return contextvars.copy_context().run(_ingress_app, models_dir, store, TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -186,28 +188,8 @@ def test_a_streamed_body_is_cut_off_at_the_limit(open_dashboard: str) -> None:
 # --------------------------------------------------------------------------- the token on every route
 
 
-def _concrete(path: str) -> str:
-    return path.replace("{", "").replace("}", "")
-
-
-def _flat(routes: Any) -> Iterator[Any]:
-    """The app's routes, included routers flattened (FastAPI keeps an included router as one entry)."""
-    for route in routes:
-        if hasattr(route, "effective_route_contexts"):
-            yield from route.effective_route_contexts()
-        else:
-            yield route
-
-
 def _every_route(app: Any) -> list[tuple[str, str]]:
-    """(method, path) of every route the app answers, as its router holds them."""
-    pairs = []
-    for route in _flat(app.routes):
-        for method in sorted(getattr(route, "methods", None) or []):
-            if method != "HEAD":
-                pairs.append((method, _concrete(route.path)))
-    assert pairs, "no routes found: has the router's structure changed?"
-    return pairs
+    return app_routes(app)
 
 
 def test_every_route_of_the_served_app_needs_the_token(served_app: Any, served: str) -> None:
@@ -335,3 +317,16 @@ def test_metrics_urls_get_the_token_only_on_our_host_and_redirects_are_not_follo
 def test_json_refusals_say_what_to_do(open_dashboard: str) -> None:
     response = requests.post(f"{open_dashboard}/api/dead-letters/requeue", data=b"x", headers={"Content-Type": "text/plain"}, timeout=30)
     assert response.headers["content-type"] == "application/json" and json.loads(response.content)["detail"]
+
+
+def test_the_metrics_endpoint_refuses_a_foreign_host(monkeypatch_module: pytest.MonkeyPatch) -> None:
+    from worker.observability.server import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        assert requests.get(url, headers={"Host": "rebound.example"}, timeout=10).status_code == 400
+        assert requests.get(url, headers={"Host": f"localhost:{server.port}"}, timeout=10).status_code == 200
+        assert requests.get(url, timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -2,7 +2,9 @@
 
 It answers `GET /metrics` (the Prometheus text format) and `GET /healthz`, on its own
 daemon thread, so scrapes never wait on the pipeline. With a token, both need
-`Authorization: Bearer <token>`; without one it may only listen on loopback.
+`Authorization: Bearer <token>`; without one it may only listen on loopback. A `Host`
+header that is not a loopback name, an IP address or a $TEXTWORKER_ALLOWED_HOSTS name
+gets 400 (DNS rebinding), as on the HTTP apps.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from worker.observability import metrics
 from worker.observability.auth import BearerAuth, check_bind, resolve_token
+from worker.observability.http_guard import allowed_hosts, host_allowed
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ class MetricsServer:
     def __init__(self, host: str, port: int, *, token: str | None = None, database_url: str | None = None) -> None:
         check_bind(host, token)
         self.auth = BearerAuth(token)
+        self.hosts = allowed_hosts()
         self.database_url = database_url
         handler = _handler_class(self)
         self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -53,6 +57,9 @@ class MetricsServer:
 def _handler_class(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
+            if not host_allowed(self.headers.get("Host"), server.hosts):  # DNS rebinding: see http_guard
+                self._send(400, b"this server does not answer to that Host name\n", "text/plain")
+                return
             if not server.auth.check_header(self.headers.get("Authorization")):
                 self._send(401, b"unauthorized\n", "text/plain", {"WWW-Authenticate": 'Bearer realm="textworker"'})
                 return

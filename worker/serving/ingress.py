@@ -266,6 +266,9 @@ class DocumentsIngress:
             try:
                 return await asyncio.wait_for(ask(), READY_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - any failure means: not ready
-                return {"stage": stage_spec.name, "loaded": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                # /readyz answers without a token: the reason's kind only, its message (which may quote
+                # the database or the model path) goes to the log
+                log.warning("stage not ready", extra={"stage": stage_spec.name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                return {"stage": stage_spec.name, "loaded": False, "error": type(exc).__name__}
 
         return list(await asyncio.gather(*(one(s, h) for s, h in zip(self.spec.stages, self.stages, strict=True))))
