@@ -19,7 +19,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from schemas.documents import DeadLetter, Document
 from schemas.pipeline import FileSource, KafkaSource
-from tests.hostile import REASONS, hostile_object, hostile_record, json_values
+from tests.hostile import REASONS, hostile_feedback, hostile_object, hostile_record, json_values
 from worker.sinks.sql import SinkBatch, SqlResultSink
 from worker.sources import files
 from worker.sources.files import FileDocumentSource
@@ -199,3 +199,25 @@ def test_a_large_json_array_is_read_in_bounded_memory(tmp_path: Path, monkeypatc
     tracemalloc.stop()
     assert count == 8_000
     assert peak < 2 * 1024 * 1024, f"{peak / 1024**2:.1f} MiB held while reading a {path.stat().st_size / 1024**2:.0f} MB array"
+
+
+@settings(PROPERTY, max_examples=150)
+@given(value=hostile_feedback())
+def test_any_feedback_record_is_a_storable_row_or_a_reason(value: bytes) -> None:
+    from schemas.pipeline import QaStage, SpamStage
+    from worker.lifecycle.feedback import RowProblem, validate_any
+    from worker.sources.validation import decode_json
+
+    stages = {"spam": SpamStage(name="spam", model="unused"), "qa": QaStage(name="qa", model="unused", questions=["q?"])}
+    try:
+        raw = decode_json(value)
+        for name in stages:
+            row = validate_any(stages, {"spam": ["ham", "spam"], "qa": None}, {**raw, "stage": name} if isinstance(raw, dict) else raw)
+            for text in (row.text, row.label, row.question, row.answer, row.who, row.doc_id):
+                assert text is None or ("\x00" not in text and text.encode("utf-8"))
+            assert len(row.label or "") <= 256 and len(row.who or "") <= 256 and len(row.doc_id or "") <= 512
+    except RowProblem as problem:
+        assert problem.reason in REASONS | {"unknown_stage", "missing_field", "unknown_label", "empty_answer", "empty_question",
+                                            "answer_not_in_context"}, problem.reason
+    except RecordProblem as problem:
+        assert problem.reason in REASONS
