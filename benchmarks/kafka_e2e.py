@@ -6,11 +6,15 @@ same stages of pipelines/stream.yaml twice, each into a fresh PostgreSQL databas
   batch:  textworker run <stream.yaml with a file source> --input docs.jsonl
   stream: textworker run pipelines/stream.yaml --until-end   (after producing the docs)
 
+With `--runtime ray` both run their stages on Ray actor pools (`--runtime ray`; a local
+Ray instance per process unless $RAY_ADDRESS is set); `--runtime both` measures the
+four combinations in one run, so Kafka-on-Ray is compared with file-on-Ray side by side.
+
 Both are separate processes; "docs/s" is the run summary's (model loading excluded,
 group join and polling included for the stream), "wall s" includes process start and
 model loading. The broker is $KAFKA_BOOTSTRAP_SERVERS, else a Tansu broker started here.
 
-    .venv/bin/python benchmarks/kafka_e2e.py --docs 2000
+    .venv/bin/python benchmarks/kafka_e2e.py --docs 2000 [--runtime local|ray|both] [--json]
 """
 
 from __future__ import annotations
@@ -120,12 +124,15 @@ def main() -> None:
     parser.add_argument("--models-dir", default=os.environ.get("TEXTWORKER_MODELS_DIR", str(REPO / "models")))
     parser.add_argument("--postgres-admin-url", default=os.environ.get(
         "TEXTWORKER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--runtime", choices=["local", "ray", "both"], default="local")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
+    runtimes = ["local", "ray"] if args.runtime == "both" else [args.runtime]
 
     docs = load_docs(Path(args.shared_data), args.docs)
     stages = len(yaml.safe_load(STREAM.read_text(encoding="utf-8"))["stages"])
     env = {"TEXTWORKER_MODELS_DIR": str(Path(args.models_dir).resolve()), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    rows = []
+    rows: list[tuple[str, str, dict[str, Any], float]] = []
     with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
         jsonl = Path(tmp) / "docs.jsonl"
         jsonl.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
@@ -133,24 +140,46 @@ def main() -> None:
         batch_spec["source"] = {"type": "file", "path": str(jsonl)}
         batch_pipeline = Path(tmp) / "batch.yaml"
         batch_pipeline.write_text(yaml.safe_dump(batch_spec), encoding="utf-8")
-        with database(args.postgres_admin_url) as url:
-            summary, wall = textworker([str(batch_pipeline), "--database-url", url, "--chunk-size", "256"], env)
-            assert result_count(url) == stages * len(docs)
-            rows.append(("batch (JSONL file)", summary, wall))
         topic = f"bench-{uuid.uuid4().hex[:6]}"
         produce(bootstrap, topic, docs)
-        stream_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TEXTWORKER_TOPIC": topic, "TEXTWORKER_GROUP": f"bench-{topic}"}
-        with database(args.postgres_admin_url) as url:
-            summary, wall = textworker([str(STREAM), "--database-url", url, "--until-end"], stream_env)
-            assert result_count(url) == stages * len(docs)
-            rows.append(("stream (Kafka)", summary, wall))
+        for runtime in runtimes:
+            with database(args.postgres_admin_url) as url:
+                summary, wall = textworker([str(batch_pipeline), "--database-url", url, "--chunk-size", "256", "--runtime", runtime], env)
+                assert result_count(url) == stages * len(docs)
+                rows.append(("file", runtime, summary, wall))
+            group = f"bench-{topic}-{runtime}"
+            stream_env = {**env, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TEXTWORKER_TOPIC": topic, "TEXTWORKER_GROUP": group}
+            with database(args.postgres_admin_url) as url:
+                summary, wall = textworker([str(STREAM), "--database-url", url, "--until-end", "--runtime", runtime], stream_env)
+                assert result_count(url) == stages * len(docs)
+                rows.append(("kafka", runtime, summary, wall))
+    ratios = {}
+    for runtime in runtimes:
+        rate = {source: s["docs_per_s"] for source, r, s, _ in rows if r == runtime}
+        ratios[runtime] = round(rate["kafka"] / rate["file"], 3)
+    if args.json:
+        print(json.dumps({"docs": len(docs), "stages": stages, "cpu": cpu_model(), "cpus": os.cpu_count(),
+                          "rows": [{"source": src, "runtime": r, "docs_per_s": s["docs_per_s"], "run_s": s["seconds"], "wall_s": round(w, 1)}
+                                   for src, r, s, w in rows], "kafka_over_file": ratios}, indent=2))
+        return
     print(f"{len(docs)} documents, {stages} stages ({', '.join(s['name'] for s in batch_spec['stages'])}), PostgreSQL sink, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'path':<20} {'docs':>6} {'run s':>8} {'docs/s':>8} {'wall s':>8}")
-    for name, summary, wall in rows:
-        print(f"{name:<20} {summary['docs']:>6} {summary['seconds']:>8.1f} {summary['docs_per_s']:>8.1f} {wall:>8.1f}")
-    ratio = rows[1][1]["docs_per_s"] / rows[0][1]["docs_per_s"]
-    print(f"stream / batch throughput: {ratio:.2f}  (wall-clock ratio {rows[0][2] / rows[1][2]:.2f})")
+          f"{os.cpu_count()} CPUs, {cpu_model()}")
+    print(f"{'source':<8} {'runtime':<8} {'docs':>6} {'run s':>8} {'docs/s':>8} {'wall s':>8}")
+    for source, runtime, summary, wall in rows:
+        print(f"{source:<8} {runtime:<8} {summary['docs']:>6} {summary['seconds']:>8.1f} {summary['docs_per_s']:>8.1f} {wall:>8.1f}")
+    for runtime, ratio in ratios.items():
+        print(f"kafka / file throughput on {runtime}: {ratio:.2f}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (figures depend on it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

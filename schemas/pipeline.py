@@ -215,6 +215,10 @@ class Resources(StrictModel):
     min_replicas: int | None = Field(default=None, ge=1)
     max_replicas: int | None = Field(default=None, ge=1)
     threads: int | None = Field(default=None, ge=1, description="torch threads per actor")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources each actor needs, e.g. {gpu_node: 1} to pin a stage to nodes started with --resources",
+    )
 
 
 FINETUNE_METRICS = {
@@ -438,6 +442,13 @@ StageSpec = Annotated[
     ClassifyStage | SpamStage | QaStage | TranslateStage, Field(discriminator="type")
 ]
 
+# Stage spec classes by `type:`. A stage plug-in (worker.stages) brings its own spec
+# class and adds it with `register_stage_spec`; the pipeline schema's union of stage
+# specs is rebuilt from this table.
+STAGE_SPECS: dict[str, type[StageBase]] = {
+    "classify": ClassifyStage, "spam": SpamStage, "qa": QaStage, "translate": TranslateStage,
+}
+
 
 # --------------------------------------------------------------------------- sink
 
@@ -494,9 +505,32 @@ class PipelineSpec(StrictModel):
             raise ValueError("`feedback.bootstrap_servers` is needed when the source is not kafka")
         return self
 
-    def stage(self, name: str) -> ClassifyStage | SpamStage | QaStage | TranslateStage:
+    def stage(self, name: str) -> Any:
         for stage in self.stages:
             if stage.name == name:
                 return stage
         names = ", ".join(s.name for s in self.stages)
         raise KeyError(f"no stage `{name}` in pipeline `{self.name}` (stages: {names})")
+
+
+def stage_union() -> Any:
+    """The discriminated union of every registered stage spec (what a `stages:` entry validates against)."""
+    from typing import Union
+
+    return Annotated[Union[tuple(STAGE_SPECS.values())], Field(discriminator="type")]  # noqa: UP007 - built at run time
+
+
+def register_stage_spec(spec_class: type[StageBase]) -> type[StageBase]:
+    """Add a stage type's spec class (its `type` field's literal is the key) and rebuild the pipeline schema."""
+    from pydantic.fields import FieldInfo
+
+    kind = spec_class.model_fields["type"].default
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{spec_class.__name__} needs a `type: Literal[...]` field with a default")
+    if STAGE_SPECS.get(kind) is spec_class:
+        return spec_class
+    STAGE_SPECS[kind] = spec_class
+    stages = PipelineSpec.model_fields["stages"]
+    PipelineSpec.model_fields["stages"] = FieldInfo.merge_field_infos(stages, FieldInfo.from_annotation(list[stage_union()]))  # type: ignore[misc,arg-type]
+    PipelineSpec.model_rebuild(force=True)
+    return spec_class

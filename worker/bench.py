@@ -85,22 +85,25 @@ def _timed(fn: Callable[[], Any], docs: int) -> float:
 
 
 def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: str = "local") -> float:
-    from worker.runtime.local import new_run_id, run_pipeline
+    """textworker's own batch run: a JSONL file through the engine into SQLite (model loaded outside the timing)."""
+    from worker.engine import Engine
+    from worker.engine.batch import run_pipeline
+    from worker.engine.executors import make_executor
+    from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink
     from worker.sources.files import FileDocumentSource
-    from worker.stages import build_stage
 
     data = workdir / "docs.jsonl"
     data.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     source = FileSource(path=str(data))
     spec = PipelineSpec(name="bench", source=source, stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
-    stage = build_stage(stage_spec)
-    stage.load()
+    engine = Engine(spec, make_executor(runtime)).start()
     sink = SqlResultSink(spec.sink.url, spec.name, new_run_id()).open()
     try:
-        summary = run_pipeline(spec, FileDocumentSource(source), sink, stages=[stage], chunk_size=512, runtime=runtime)
+        summary = run_pipeline(spec, FileDocumentSource(source), sink, engine, chunk_size=512)
     finally:
         sink.close()
+        engine.close()
     return summary.docs / summary.seconds
 
 
@@ -151,7 +154,7 @@ class _RayDataClassifier:
 def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int, device: str = "cpu") -> float:
     import ray
 
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
 
     # Ray starts its workers at niceness 15; the other contenders run in this process at
     # the caller's priority, so on a busy machine Ray Data would be measured at a handicap.

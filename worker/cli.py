@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None,
                    help="bearer token every route except /healthz and /readyz requires (default $TEXTWORKER_TOKEN); "
                         "required when --host is not loopback")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host name to answer to besides loopback names and IP addresses (repeatable; also $TEXTWORKER_ALLOWED_HOSTS)")
     _add_common(p)
 
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host name to answer to besides loopback names and IP addresses (repeatable; also $TEXTWORKER_ALLOWED_HOSTS)")
     p = sub.add_parser("review", help="the active-learning review queue: list low-confidence predictions, label them")
     rsub = p.add_subparsers(dest="review_command", required=True)
     r = rsub.add_parser("list", help="a stage's review items, least confident first")
@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_init_parser(sub, _add_common)
 
+    from worker.stages import STAGE_TYPES
+
+    for plugin in STAGE_TYPES.values():  # sub-commands a stage type brings (e.g. `search` of embed)
+        if plugin.add_commands is not None:
+            plugin.add_commands(sub, _add_common)
+
     p = sub.add_parser("demo", help="build the defaults and run pipelines/demo.yaml on the sample documents")
     p.add_argument("--database-url", default="sqlite:///demo.db")
     p.add_argument("--models-dir", default=default_models_dir())
@@ -198,10 +204,13 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
     from worker.lifecycle import review_commands
     from worker.scaffold import cmd_init
     from worker.serving import commands as serve_commands
+    from worker.stages import STAGE_TYPES
     from worker.training import commands as training_commands
     from worker.training.pretrain import cmd_pretrain
 
+    plugin_commands = {name: handler for plugin in STAGE_TYPES.values() for name, handler in plugin.commands.items()}
     return {
+        **plugin_commands,
         "run": dashboard_commands.run_with_metrics(commands.cmd_run),
         "dashboard": dashboard_commands.cmd_dashboard,
         "requeue": dashboard_commands.cmd_requeue,

@@ -42,32 +42,37 @@ def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.runtime.local import new_run_id, run_pipeline
+    from worker.assembly import build_engine
+    from worker.engine.batch import run_pipeline
+    from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink
 
     spec = load_pipeline(args.pipeline)
+    url = database_url(args, spec)
+    runtime = getattr(args, "runtime", "local")
+    engine = build_engine(spec, runtime, database_url=url, address=getattr(args, "address", None))
     if isinstance(spec.source, KafkaSource) and not args.input:
-        from worker.runtime.stream import StreamOptions, run_stream
+        from worker.engine.stream import StreamOptions, run_stream
 
         try:
             options = StreamOptions.from_args(args)
         except ValueError as exc:
             raise TextworkerError(f"bad replay range: {exc}", hint="offsets >= 0, ISO 8601 times, from before until") from exc
-        stream_summary = run_stream(spec, database_url(args, spec), options)
+        stream_summary = run_stream(spec, url, options, engine, meta={"runtime": runtime})
         emit(args, stream_summary.as_dict(), render_summary(stream_summary.as_dict()))
         return 0
     source = make_source(spec, args.input)
-    sink = SqlResultSink(database_url(args, spec), spec.name, new_run_id(), store_text=spec.sink.store_text).open()
+    sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
     bar = _progress_bar(args, "documents")
     try:
         summary = run_pipeline(
-            spec, source, sink, limit=args.limit, chunk_size=args.chunk_size,
-            on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None,
-            runtime=getattr(args, "runtime", "local"), ray_address=getattr(args, "address", None),
+            spec, source, sink, engine, limit=args.limit, chunk_size=args.chunk_size,
+            on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None, meta={"runtime": runtime},
         )
     finally:
         if bar is not None:
             bar.close()
+        engine.close()
         source.close()
         sink.close()
     emit(args, summary.as_dict(), render_summary(summary.as_dict()))
@@ -150,9 +155,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         return cmd_models_registry(args)
     if args.models_command == "build-defaults":
         from worker.models.defaults import DEFAULT_NAMES, build_defaults
+        from worker.stages import STAGE_TYPES
 
         names = tuple(args.only) if args.only else DEFAULT_NAMES
-        build_defaults(args.dir, force=args.force, names=names, log_step=(lambda m: None) if args.quiet else print)
+        say = (lambda m: None) if args.quiet else print
+        build_defaults(args.dir, force=args.force, names=tuple(n for n in names if n in DEFAULT_NAMES), log_step=say)
+        for kind, plugin in STAGE_TYPES.items():  # stage types that bring a default model of their own
+            if plugin.build_default is not None and (not args.only or kind in args.only):
+                plugin.build_default(Path(args.dir), say)
         return 0
     from worker.models.roberta import build_roberta
     from worker.training.commands import read_texts

@@ -7,6 +7,7 @@ user fixes a file in one pass. Interpolation supports `${VAR}`, `${VAR:-default}
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -117,6 +118,14 @@ def _cross_check(data: dict[str, Any]) -> list[tuple[Path_, str]]:
     return problems
 
 
+def load_stage_plugins() -> None:
+    """Import the stage-type registry, so every plug-in's spec class is part of the pipeline schema.
+
+    Loaded by name, like an entry point: the registry sits above this module's layer.
+    """
+    importlib.import_module("worker.stages")
+
+
 def parse_pipeline(text: str, filename: str = "<pipeline>", env: Mapping[str, str] | None = None) -> PipelineSpec:
     """Validate pipeline text; raise `PipelineFileError` listing every problem."""
     env = os.environ if env is None else env
@@ -135,6 +144,7 @@ def parse_pipeline(text: str, filename: str = "<pipeline>", env: Mapping[str, st
     env_problems: list[tuple[Path_, str]] = []
     data = interpolate(data, env, (), env_problems)
     problems = [Problem(_format_path(p), msg, _line_for(p, lines)) for p, msg in env_problems]
+    load_stage_plugins()
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as exc:

@@ -78,7 +78,7 @@ def ray_session() -> Iterator[None]:
     """One local Ray instance (2 CPUs) shared by every test that needs it."""
     import ray
 
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
 
     ensure_ray(num_cpus=2)
     yield

@@ -47,7 +47,7 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ray_session() -> Iterator[None]:
     import ray
 
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
 
     started = not ray.is_initialized()
     ensure_ray(num_cpus=2)
@@ -63,24 +63,25 @@ def _text(n: int) -> str:
 
 @pytest.mark.slow
 def test_large_input_is_read_lazily_with_bounded_memory(ray_session: None, tiny_classifier: Path) -> None:
-    from worker.runtime.ray_pipeline import ChunkState, RayPipeline
+    from worker.engine import Chunk, ChunkInput, Engine
+    from worker.engine.executors.ray import RayExecutor
 
     stage = ClassifyStage(name="label", model=str(tiny_classifier), labels=["negative", "positive"], max_length=32,
                           batch_size=128, max_tokens=4096, resources={"cpus": 1, "threads": 1})
-    pipeline = RayPipeline(PipelineSpec(name="backpressure", source=FileSource(path="unused"), stages=[stage]),
-                           max_inflight=MAX_INFLIGHT)
+    pipeline = Engine(PipelineSpec(name="backpressure", source=FileSource(path="unused"), stages=[stage]), RayExecutor(),
+                      max_inflight=MAX_INFLIGHT)
     pulled = completed = results = 0
     max_ahead = 0
     baseline = peak = 0
 
-    def chunks() -> Iterator[tuple[list[Document], list, None]]:
+    def chunks() -> Iterator[ChunkInput]:
         nonlocal pulled, max_ahead
         for start in range(0, DOCS, CHUNK):
             pulled += 1
             max_ahead = max(max_ahead, pulled - completed)
-            yield [Document(id=f"d{n}", text=_text(n)) for n in range(start, start + CHUNK)], [], None
+            yield ChunkInput([Document(id=f"d{n}", text=_text(n)) for n in range(start, start + CHUNK)])
 
-    def done(chunk: ChunkState) -> None:
+    def done(chunk: Chunk) -> None:
         nonlocal completed, results, baseline, peak
         completed += 1
         results += len(chunk.results)
@@ -93,7 +94,7 @@ def test_large_input_is_read_lazily_with_bounded_memory(ray_session: None, tiny_
     try:
         pipeline.run(chunks(), done)
     finally:
-        pipeline.shutdown()
+        pipeline.close()
     assert completed == DOCS // CHUNK and results == DOCS
     assert max_ahead <= MAX_INFLIGHT and pipeline.peak_inflight <= MAX_INFLIGHT
     assert peak - baseline < RSS_GROWTH_LIMIT, f"driver RSS grew {(peak - baseline) / 2**20:.1f} MiB over {DOCS} documents"

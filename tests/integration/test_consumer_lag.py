@@ -9,9 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.kafka_helpers import create_topics, pipeline_variant, produce, unique_name
+from worker.assembly import run_kafka as run_stream
 from worker.config import load_pipeline
+from worker.engine.stream import StreamOptions
 from worker.observability import metrics
-from worker.runtime.stream import StreamOptions, run_stream
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 SAMPLE = Path(__file__).resolve().parents[2] / "worker" / "seed" / "sample_docs.jsonl"

@@ -59,8 +59,9 @@ def _sql(url: str, query: str) -> list[Any]:
 
 def _fill(url: str, models_dir: Path, tmp_path: Path) -> None:
     """A real run of the demo pipeline over the sample documents, then a model history and feedback."""
+    from worker.assembly import run_source as run_pipeline
+    from worker.engine.runs import new_run_id
     from worker.lifecycle.registry import ModelRegistry
-    from worker.runtime.local import new_run_id, run_pipeline
     from worker.sinks import tables
     from worker.sinks.sql import SqlResultSink
     from worker.sources.files import FileDocumentSource

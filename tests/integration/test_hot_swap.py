@@ -21,8 +21,10 @@ import sqlalchemy as sa
 
 from schemas.documents import Document
 from schemas.pipeline import FileSource, KafkaSource, PipelineSpec, SpamStage, SqlSink
+from worker.assembly import run_source as run_pipeline
+from worker.engine.runs import RunSummary, new_run_id
+from worker.engine.stage_call import run_stage
 from worker.models import loading
-from worker.runtime.local import RunSummary, new_run_id, run_pipeline
 from worker.sinks.sql import SqlResultSink, normalise_url
 from worker.stages import build_stage
 
@@ -77,7 +79,7 @@ def expected(versions: dict[str, Path]) -> dict[str, dict[str, float]]:
     docs = [Document(id=str(i), text=t) for i, t in enumerate(TEXTS)]
     for name in ("v1", "v2"):
         stage = build_stage(SpamStage(name="spam", model=str(versions[name])))
-        scores[f"spam@{name}"] = {TEXTS[int(r.doc_id)]: float(r.score) for r in stage.process(docs, {})}  # type: ignore[union-attr]
+        scores[f"spam@{name}"] = {TEXTS[int(r.doc_id)]: float(r.score) for r in run_stage(stage, docs, {})[0]}  # type: ignore[union-attr]
     assert all(abs(scores["spam@v1"][t] + scores["spam@v2"][t] - 1) < 1e-4 for t in TEXTS)
     return scores
 
@@ -233,7 +235,8 @@ def test_ray_actors_follow_promotion_and_rollback(ray_session: None, family: Pat
 def test_kafka_stream_worker_follows_promotion_and_rollback(kafka_bootstrap: str, family: Path, expected: dict[str, dict[str, float]],
                                                             sqlite_url: str) -> None:
     from tests.integration.kafka_helpers import create_topics, produce, unique_name
-    from worker.runtime.stream import StreamOptions, run_stream
+    from worker.assembly import run_kafka as run_stream
+    from worker.engine.stream import StreamOptions
 
     topic, group = unique_name("swap"), unique_name("group")
     create_topics(kafka_bootstrap, [topic], 1)

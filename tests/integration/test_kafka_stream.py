@@ -55,13 +55,18 @@ def _setup(bootstrap: str, shared_data: Path, count: int, partitions: int) -> tu
     return topic, group, {d["id"] for d in docs}, produced
 
 
+@pytest.mark.parametrize("runtime", ["local", "ray"])
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(
-    kafka_bootstrap: str, models_dir: Path, postgres_url: str, shared_data: Path, tmp_path: Path
+    kafka_bootstrap: str, models_dir: Path, postgres_url: str, shared_data: Path, tmp_path: Path, runtime: str
 ) -> None:
-    """5,000 documents; the worker is SIGKILLed 5 times at random points and restarted."""
+    """5,000 documents; the worker (stages in process, or on Ray actors) is SIGKILLed 5 times at random points and restarted.
+
+    On Ray, each start begins a local Ray instance of its own: one left behind by a
+    killed driver would make the next start fail or share its resources.
+    """
     count = 5000
     topic, group, ids, produced = _setup(kafka_bootstrap, shared_data, count, partitions=3)
-    env = _env(kafka_bootstrap, models_dir, topic, group)
+    env = _env(kafka_bootstrap, models_dir, topic, group, TEXTWORKER_RUNTIME=runtime)
     db = Db(postgres_url)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -69,7 +74,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     kills = []
     for threshold in thresholds:
         worker = start_worker(STREAM_PIPELINE, postgres_url, env, tmp_path / "worker.log")
-        wait_for(lambda t=threshold: db.results() >= t, 600, f"{threshold} results (seed {seed})", abort=lambda w=worker: _died(w))
+        wait_for(lambda t=threshold: db.results() >= t, 600, f"{threshold} results (seed {seed}, {runtime})", abort=lambda w=worker: _died(w))
         time.sleep(rng.uniform(0.0, 2.0))
         worker.kill()
         kills.append(db.results())

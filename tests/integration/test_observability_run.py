@@ -170,9 +170,10 @@ def test_requeue_sends_marked_letters_through_again(models_dir: Path, sqlite_url
 
 @pytest.mark.slow
 def test_ray_driver_metrics_cover_the_actors_work(ray_session: None, models_dir: Path, sqlite_url: str, tmp_path: Path) -> None:
+    from worker.assembly import run_source as run_pipeline
     from worker.config import load_pipeline
+    from worker.engine.runs import new_run_id
     from worker.observability import metrics
-    from worker.runtime.local import new_run_id, run_pipeline
     from worker.sinks.sql import SqlResultSink
     from worker.sources.files import FileDocumentSource
 

@@ -11,8 +11,9 @@ import pytest
 
 from schemas.documents import Document
 from schemas.pipeline import FileSource, PipelineSpec, SpamStage, SqlSink
+from worker.assembly import run_source as run_pipeline
 from worker.config import load_pipeline
-from worker.runtime.local import new_run_id, run_pipeline
+from worker.engine.runs import new_run_id
 from worker.sinks.sql import SqlResultSink
 from worker.sources.files import FileDocumentSource
 
@@ -55,7 +56,7 @@ def test_ray_runtime_matches_local(ray_session: None, models_dir: Path, tmp_path
 
 
 def test_gpu_request_falls_back_to_cpu_with_a_warning(ray_session: None, models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from worker.runtime.ray_pipeline import RayStagePool
+    from worker.engine.executors.ray import RayStagePool
 
     spec = SpamStage(name="spam", model=str(models_dir / "spam"), resources={"gpus": 0.5})
     with caplog.at_level(logging.WARNING):
@@ -75,20 +76,21 @@ def test_gpu_request_falls_back_to_cpu_with_a_warning(ray_session: None, models_
 
 
 def test_in_flight_chunks_stay_bounded(ray_session: None, models_dir: Path) -> None:
-    from worker.runtime.ray_pipeline import RayPipeline
+    from worker.engine import ChunkInput, Engine
+    from worker.engine.executors.ray import RayExecutor
 
     spec = PipelineSpec(name="bounded", source=FileSource(path="unused"),
                         stages=[SpamStage(name="spam", model=str(models_dir / "spam"), batch_size=8)])
-    pipeline = RayPipeline(spec, max_inflight=3)
+    pipeline = Engine(spec, RayExecutor(), max_inflight=3)
     pulled = completed = 0
     max_ahead = 0
 
-    def chunks() -> Iterator[tuple[list[Document], list, None]]:
+    def chunks() -> Iterator[ChunkInput]:
         nonlocal pulled, max_ahead
         for n in range(40):
             pulled += 1
             max_ahead = max(max_ahead, pulled - completed)
-            yield [Document(id=f"c{n}-{i}", text=f"Message number {i} about the meeting at {n} o'clock") for i in range(8)], [], None
+            yield ChunkInput([Document(id=f"c{n}-{i}", text=f"Message number {i} about the meeting at {n} o'clock") for i in range(8)])
 
     order: list[int] = []
 
@@ -100,7 +102,7 @@ def test_in_flight_chunks_stay_bounded(ray_session: None, models_dir: Path) -> N
     try:
         pipeline.run(chunks(), done)
     finally:
-        pipeline.shutdown()
+        pipeline.close()
     assert completed == 40
     assert order == list(range(40))  # handed over strictly in source order
     assert max_ahead <= 3 and pipeline.peak_inflight <= 3

@@ -16,9 +16,10 @@ import yaml
 
 from schemas.documents import Document
 from schemas.pipeline import PipelineSpec
+from worker.assembly import run_source as run_pipeline
 from worker.config import load_pipeline
+from worker.engine.runs import RunSummary, new_run_id
 from worker.lifecycle.review import confidence_of
-from worker.runtime.local import RunSummary, new_run_id, run_pipeline
 from worker.sinks.sql import SqlResultSink, normalise_url
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import pytest
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
+from worker.engine.stage_call import run_stage
 from worker.models.defaults import SEED_DIR
 from worker.models.roberta import build_roberta, build_roberta_seq2seq
 from worker.stages import build_stage
@@ -62,7 +63,7 @@ def test_roberta_in_every_stage_type(roberta_dirs: dict[str, Path], kind: str) -
         "translate": TranslateStage(name="s", model=model, max_new_tokens=16),
     }[kind]
     stage = build_stage(spec)
-    outcomes = stage.process(_docs(), {})
+    outcomes, _ = run_stage(stage, _docs(), {})
     assert [o.doc_id if isinstance(o, StageResult) else o.ref for o in outcomes] == ["a", "b", "c"]
     assert not [o for o in outcomes if isinstance(o, DeadLetter)]
     for outcome in outcomes:

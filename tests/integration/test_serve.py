@@ -55,7 +55,7 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     import ray
     from ray import serve
 
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
     from worker.serving.app import build_application
     from worker.serving.settings import ServeSettings
 

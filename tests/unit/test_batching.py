@@ -1,4 +1,4 @@
-"""Unit tests for worker.runtime.batching.plan_batches (token-budget batching)."""
+"""Unit tests for worker.stages.batching.plan_batches (token-budget batching)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from worker.runtime.batching import BatchPlan, plan_batches
+from worker.stages.batching import BatchPlan, plan_batches
 
 
 def lognormal_lengths(seed: int, n: int = 256, mu: float = 4.5, sigma: float = 0.8, cap: int = 512) -> list[int]:

@@ -1,4 +1,4 @@
-"""Unit tests for worker.runtime.conditions.holds: every op, every field kind, combinators."""
+"""Unit tests for worker.engine.conditions.holds: every op, every field kind, combinators."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from schemas.documents import StageResult
 from schemas.pipeline import Condition
-from worker.runtime.conditions import holds
+from worker.engine.conditions import holds
 
 RESULTS = {
     "spam": StageResult(doc_id="d", stage="spam", label="ham", score=0.2, output={"p_spam": 0.2}),

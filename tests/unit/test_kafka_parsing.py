@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
 from worker.cli import build_parser
-from worker.runtime.stream import StreamOptions, StreamRunner
+from worker.engine.stream import StreamOptions, StreamRunner
 from worker.sinks.kafka_topics import dead_letter_message, result_messages
 from worker.sources.kafka import consumer_config
 from worker.sources.kafka_records import header_fields, parse_record
@@ -203,5 +203,5 @@ class _FakePublisher:
 def test_start_offsets_take_the_lower_of_processed_and_published() -> None:
     spec = PipelineSpec(name="s", source=SPEC, stages=[{"name": "a", "type": "classify", "model": "m"}])
     sink = _FakeSink({"g": {("docs", 0): 100, ("docs", 1): 50}, "g:published": {("docs", 0): 80}})
-    runner = StreamRunner(spec, sink, None, [], _FakePublisher(), StreamOptions(), threading.Event())  # type: ignore[arg-type]
+    runner = StreamRunner(spec, sink, None, None, _FakePublisher(), StreamOptions(), threading.Event())  # type: ignore[arg-type]
     assert runner.start_offsets() == {("docs", 0): 80, ("docs", 1): 50}

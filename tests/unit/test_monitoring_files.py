@@ -26,8 +26,8 @@ def exposed_names(tmp_path: Path) -> set[str]:
     metrics.observe_labels(pipeline, "spam", [StageResult(doc_id="a", stage="spam", label="spam", output={"spam_probability": 1.0})])
     metrics.observe_stage_delta(pipeline, "spam", "spam@v0", skipped=1, docs_in=2, results=1, failed=1, seconds=0.1,
                                 delta={"batches": 1, "real_tokens": 5, "padded_tokens": 8, "gpu_memory_bytes": 1024.0})
-    with metrics.time_sink(pipeline):
-        metrics.observe_chunk(pipeline, items=3, docs=2, letters=[DeadLetter(ref="x", reason="empty_text")])
+    metrics.observe_sink(pipeline, 0.01)
+    metrics.observe_chunk(pipeline, items=3, docs=2, letters=[DeadLetter(ref="x", reason="empty_text")])
     metrics.observe_lag(pipeline, "g", {("t", 0): 1})
     metrics.run_finished(pipeline, "finished")
     url = f"sqlite:///{tmp_path / 'm.db'}"

@@ -68,8 +68,8 @@ def test_chunks_runs_and_lag() -> None:
     metrics.run_started(pipeline, "run-1")
     letters = [DeadLetter(ref="a", reason="invalid_json"), DeadLetter(ref="b", stage="qa", reason="stage_error"),
                DeadLetter(ref="c", reason="invalid_json")]
-    with metrics.time_sink(pipeline):
-        metrics.observe_chunk(pipeline, items=12, docs=9, letters=letters)
+    metrics.observe_sink(pipeline, 0.01)
+    metrics.observe_chunk(pipeline, items=12, docs=9, letters=letters)
     metrics.observe_lag(pipeline, "g", {("t", 0): 5, ("t", 1): 0})
     text = metrics.render().decode()
     assert value(text, "textworker_run_active", pipeline=pipeline) == 1

@@ -69,9 +69,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
+    from worker.assembly import build_engine
     from worker.commands import _progress_bar, render_summary
     from worker.config import load_pipeline
-    from worker.runtime.local import new_run_id, run_pipeline
+    from worker.engine.batch import run_pipeline
+    from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink
     from worker.sources.requeue import RequeueSource
 
@@ -80,13 +82,15 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     source = RequeueSource(spec, url, limit=args.limit)
     sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
     bar = _progress_bar(args, "letters")
+    engine = build_engine(spec, args.runtime, database_url=url, address=args.address)
     try:
-        summary = run_pipeline(spec, source, sink, chunk_size=args.chunk_size, runtime=args.runtime, ray_address=args.address,
+        summary = run_pipeline(spec, source, sink, engine, chunk_size=args.chunk_size, meta={"runtime": args.runtime, "source": "requeue"},
                                on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None)
         resolved = source.resolve()
     finally:
         if bar is not None:
             bar.close()
+        engine.close()
         source.close()
         sink.close()
     payload = {**summary.as_dict(), "requeued": len(source.taken), "resolved": resolved, "failed_again": len(source.taken) - resolved}

@@ -137,8 +137,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     import threading
 
+    from worker.engine.stream import install_signal_handlers
     from worker.lifecycle.schedule import Scheduler
-    from worker.runtime.stream import install_signal_handlers
 
     spec = load_pipeline(args.pipeline)
     if not any(s.finetune is not None and s.finetune.schedule is not None for s in spec.stages):

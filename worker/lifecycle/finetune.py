@@ -203,7 +203,7 @@ def run_on_ray(job: dict[str, Any], *, address: str | None, stop: threading.Even
     """`train_and_score(job)` as a Ray task; a set `stop` cancels it and raises FinetuneInterrupted."""
     import ray
 
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
 
     ensure_ray(address)
     total, free = ray.cluster_resources(), ray.available_resources()

@@ -20,13 +20,11 @@ tokens/s is `rate(textworker_stage_tokens_total[1m])` and padding waste is
 
 from __future__ import annotations
 
-import copy
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -121,26 +119,6 @@ REGISTRY.register(GpuMemoryCollector())
 # ---------------------------------------------------------------------- stage calls
 
 
-def stage_snapshot(stage: Any) -> tuple[Any, float]:
-    """What `observe_stage` compares against: a copy of the stage's stats and the time."""
-    return copy.copy(stage.stats), time.perf_counter()
-
-
-def observe_stage(pipeline: str, stage: Any, before: tuple[Any, float], *, skipped: int, docs_in: int, outcomes: Sequence[Any]) -> None:
-    """Record one in-process stage call: `before` from `stage_snapshot`, `outcomes` what it returned."""
-    stats, started = before
-    after = stage.stats
-    observe_labels(pipeline, stage.name, outcomes)
-    observe_stage_delta(
-        pipeline, stage.name, stage.model_version, skipped=skipped, docs_in=docs_in,
-        results=sum(isinstance(o, StageResult) for o in outcomes), failed=sum(isinstance(o, DeadLetter) for o in outcomes),
-        seconds=time.perf_counter() - started, delta={
-            "batches": after.batches - stats.batches, "real_tokens": after.real_tokens - stats.real_tokens,
-            "padded_tokens": after.padded_tokens - stats.padded_tokens,
-        },
-    )
-
-
 def observe_stage_delta(pipeline: str, stage: str, model_version: str, *, skipped: int = 0, docs_in: int, results: int, failed: int,
                         seconds: float, delta: Mapping[str, float]) -> None:
     """Record one stage call from counts and a stats delta (what Ray stage actors return)."""
@@ -220,13 +198,9 @@ def observe_chunk(pipeline: str, *, items: int, docs: int, letters: Iterable[Dea
         DEAD_LETTERS.labels(pipeline, letter.stage, letter.reason).inc()
 
 
-@contextmanager
-def time_sink(pipeline: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        SINK_SECONDS.labels(pipeline).observe(time.perf_counter() - started)
+def observe_sink(pipeline: str, seconds: float) -> None:
+    """One sink write (a chunk's transaction) took `seconds`."""
+    SINK_SECONDS.labels(pipeline).observe(seconds)
 
 
 def run_started(pipeline: str, run_id: str) -> None:

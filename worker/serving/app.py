@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas.pipeline import PipelineSpec
+from worker.engine.executors.ray import cpu_scale as fit_cpus
+from worker.engine.executors.ray import fit_placement
 from worker.serving.settings import ServeArgs, ServeSettings
 
 log = logging.getLogger(__name__)
@@ -52,30 +54,22 @@ def initial_replicas(resources: Any) -> int:
 
 def cpu_scale(spec: PipelineSpec, settings: ServeSettings, cluster_cpus: float) -> float:
     """Factor (<= 1) that makes every stage's initial replicas plus the ingress fit the cluster's CPUs."""
-    wanted = sum(s.resources.cpus * initial_replicas(s.resources) for s in spec.stages)
-    room = cluster_cpus - settings.ingress_cpus
-    if not settings.fit_to_cluster or wanted <= 0 or room >= wanted:
+    if not settings.fit_to_cluster:
         return 1.0
-    scale = max(room, 0.01 * len(spec.stages)) / wanted
-    log.warning("stages ask for more CPUs than the cluster has: scaling every request down",
-                extra={"wanted_cpus": wanted, "cluster_cpus": cluster_cpus, "scale": round(scale, 3)})
-    return scale
+    wanted = sum(s.resources.cpus * initial_replicas(s.resources) for s in spec.stages)
+    return fit_cpus(wanted, cluster_cpus, reserved=settings.ingress_cpus)
 
 
 def stage_options(stage: Any, settings: ServeSettings, scale: float, cluster_gpus: float) -> tuple[str, dict[str, Any]]:
-    """(device, deployment options) for one stage."""
-    gpus = stage.resources.gpus
-    if gpus and settings.fit_to_cluster and cluster_gpus < gpus:
-        log.warning("stage asks for GPUs but the cluster has none free: running on CPU", extra={"stage": stage.name})
-        gpus = 0
-    cpus = math.floor(stage.resources.cpus * scale * 1e4) / 1e4  # Ray counts in 1e-4 units; never round up
+    """(device, deployment options) for one stage: the same placement rules as the Ray executor."""
+    device, cpus, gpus = fit_placement(stage.resources, stage.name, scale, cluster_gpus if settings.fit_to_cluster else math.inf)
     options: dict[str, Any] = {
         "name": stage_deployment_name(stage.name),
-        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus},
+        "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus, **({"resources": dict(stage.resources.custom)} if stage.resources.custom else {})},
         "max_ongoing_requests": max(2 * settings.batch_calls, 8),
         **replica_counts(stage.resources),
     }
-    return ("cuda" if gpus else "cpu"), options
+    return device, options
 
 
 def with_absolute_models(spec: PipelineSpec) -> PipelineSpec:

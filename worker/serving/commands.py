@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
 
     from worker.config import load_pipeline
-    from worker.runtime.ray_pipeline import ensure_ray
+    from worker.engine.executors.ray import ensure_ray
 
     spec = load_pipeline(args.pipeline)
     settings = serve_settings(args, spec)

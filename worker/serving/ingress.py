@@ -40,7 +40,6 @@ from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
 from worker.observability.auth import resolve_token
 from worker.observability.http_guard import harden
-from worker.serving.chain import Context, Outcome, run_chain
 from worker.serving.payloads import (
     DocumentOut,
     DocumentsRequest,
@@ -51,7 +50,7 @@ from worker.serving.payloads import (
     read_documents,
 )
 from worker.serving.settings import ServeSettings
-from worker.serving.stage_server import StageCall
+from worker.serving.stage_server import ServeExecutor
 
 log = logging.getLogger(__name__)
 DOCUMENTS_PATH = "/v1/documents"
@@ -142,19 +141,23 @@ class DocumentsIngress:
     """The ingress replica: stage handles, the optional SQL sink, and the FastAPI app."""
 
     def __init__(self, spec: PipelineSpec, stages: list[Any], settings: ServeSettings) -> None:
+        from worker.assembly import default_hooks
+        from worker.engine import Engine
+
         self.spec = spec
         self.stages = stages
         self.settings = settings
+        # The same stage loop as every other entry point, its calls going to the stage deployments.
+        self.engine = Engine(spec, ServeExecutor(stages), default_hooks()).start()
         self.sink: Any = None
+        self.book: Any = None
         if settings.database_url:
-            from worker.runtime.local import new_run_id
+            from worker.engine.runs import RunBook, new_run_id
             from worker.sinks.sql import SqlResultSink
 
             self.sink = SqlResultSink(settings.database_url, spec.name, "serve-" + new_run_id(), store_text=spec.sink.store_text).open()
-            self.sink.start_run({"stages": [s.name for s in spec.stages], "runtime": "serve"})
+            self.book = RunBook(spec, self.sink, self.engine, {"runtime": "serve"}).start()
         self.served = {"requests": 0, "documents": 0, "rejected": 0}
-
-    # ------------------------------------------------------------------ app
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.build_api()
@@ -200,8 +203,8 @@ class DocumentsIngress:
     @asynccontextmanager
     async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         yield
-        if self.sink is not None:
-            self.sink.finish_run("finished", dict(self.served))
+        if self.book is not None:
+            self.book.finish("finished", {"served": dict(self.served)})
             self.sink.close()
 
     # ------------------------------------------------------------------ requests
@@ -215,40 +218,35 @@ class DocumentsIngress:
         duplicates = duplicate_ids(items)
         if duplicates:
             raise HTTPException(422, duplicates)
-        positions = {str(i): item for i, item in enumerate(items) if isinstance(item, Document)}
-        keyed = [doc.model_copy(update={"id": key}) for key, doc in positions.items()]
-        chain = await run_chain(self.spec, keyed, self._call_stage)
+        docs = [item for item in items if isinstance(item, Document)]
+        rejected = [item for item in items if isinstance(item, DeadLetter)]
+        chunk = await self.engine.process_async(docs, rejected)
+        results: dict[str, list[StageResult]] = {d.id: [] for d in docs}
+        failed: dict[str, list[DeadLetter]] = {d.id: [] for d in docs}
+        for result in chunk.results:
+            results[result.doc_id].append(result)
+        for letter in chunk.letters:
+            if letter.ref in failed and letter.stage != "source":
+                failed[letter.ref].append(letter)
+        order = {stage.name: i for i, stage in enumerate(self.spec.stages)}
         out: list[DocumentOut] = []
-        results: list[StageResult] = []
-        letters: list[DeadLetter] = []
-        for position, item in enumerate(items):
+        for item in items:
             if isinstance(item, DeadLetter):
                 out.append(document_out(item.ref, [], [item], [], rejected=True))
-                letters.append(item)
                 continue
-            key = str(position)
-            mine = [r.model_copy(update={"doc_id": item.id}) for r in chain.results[key]]
-            failed = [d.model_copy(update={"ref": item.id}) for d in chain.letters[key]]
-            out.append(document_out(item.id, mine, failed, chain.skipped[key]))
-            results += mine
-            letters += failed
-        stored = await self._store(list(positions.values()), results, letters)
+            mine = sorted(results[item.id], key=lambda r: order[r.stage])
+            out.append(document_out(item.id, mine, failed[item.id], chunk.skipped[item.id]))
+        stored = await self._store(chunk)
         self.served["requests"] += 1
         self.served["documents"] += len(items)
         self.served["rejected"] += sum(1 for d in out if d.status == "rejected")
         return DocumentsResponse(pipeline=self.spec.name, request_id=request_id, stored=stored, documents=out)
 
-    async def _call_stage(self, index: int, docs: list[Document], context: Context) -> list[Outcome]:
-        outcomes: list[Outcome] = await self.stages[index].process.remote(StageCall(docs, context))
-        return outcomes
-
-    async def _store(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter]) -> bool:
-        if self.sink is None:
+    async def _store(self, chunk: Any) -> bool:
+        if self.book is None:
             return False
-        from worker.sinks.sql import SinkBatch
-
         try:
-            await asyncio.to_thread(self.sink.write, SinkBatch(documents=docs, results=results, dead_letters=letters))
+            await asyncio.to_thread(self.book.store, chunk)
         except Exception as exc:  # noqa: BLE001 - any storage failure is a retryable 503 for the client
             log.warning("could not store served results", extra={"error": str(exc)[:300]})
             raise HTTPException(503, "the results could not be stored; retry (the server log has the database's message)",

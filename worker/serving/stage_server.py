@@ -1,8 +1,9 @@
-"""One pipeline stage as a Ray Serve deployment.
+"""One pipeline stage as a Ray Serve deployment, and the executor that calls them.
 
 Each replica builds the stage and loads its model once, in its constructor (the same
-`StageActor` the Ray batch runtime uses, so device, threads and GPU placement follow
-the stage's `resources` the same way). Calls from concurrent HTTP requests are
+`StageActor` the Ray executor uses, so device, threads and GPU placement follow the
+stage's `resources` the same way, and every call goes through the engine's
+`run_stage`). Calls from concurrent HTTP requests are
 gathered by `@serve.batch` (up to `batch_calls` calls, waiting at most
 `batch_wait_s` for more) and run as one `stage.process` call, inside which the stage
 batches by token budget as it always does. Each call's documents are re-keyed while
@@ -18,7 +19,7 @@ from typing import Any
 from ray import serve
 
 from schemas.documents import DeadLetter, Document, StageResult
-from worker.runtime.ray_pipeline import StageActor
+from worker.engine.executors.ray import StageActor
 
 Context = dict[str, dict[str, StageResult]]
 Outcome = StageResult | DeadLetter
@@ -74,13 +75,16 @@ class StageServer:
         self.largest_batch = 0
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def process(self, calls: list[StageCall]) -> list[list[Outcome]]:
+    async def process(self, calls: list[StageCall]) -> list[tuple[list[Outcome], dict[str, float]]]:
+        """Outcomes per call, with the batch's stats delta shared out by documents (seconds: the whole batch's)."""
         docs, context, owners = merge_calls(calls)
         self.calls += len(calls)
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(calls))
-        outcomes, _ = await asyncio.to_thread(self.actor.process, docs, context)
-        return split_outcomes(outcomes, owners, len(calls))
+        outcomes, delta = await asyncio.to_thread(self.actor.process, docs, context)
+        total = max(1, len(docs))
+        shares = [{k: (v if k in ("seconds", "gpu_memory_bytes") else v * len(c.docs) / total) for k, v in delta.items()} for c in calls]
+        return list(zip(split_outcomes(outcomes, owners, len(calls)), shares))
 
     async def info(self) -> dict[str, Any]:
         """Readiness and batching counters of this replica."""
@@ -90,3 +94,28 @@ class StageServer:
             "model_version": stage.model_version, "device": self.device,
             "calls": self.calls, "batches": self.batches, "largest_batch_calls": self.largest_batch,
         }
+
+
+class ServeExecutor:
+    """The engine's executor inside the ingress: each stage call goes to that stage's deployment handle."""
+
+    parallelism = 1
+
+    def __init__(self, handles: list[Any]) -> None:
+        self.handles = handles
+
+    def start(self, spec: Any) -> dict[str, str]:
+        return {}  # the deployments load their models themselves; results carry their versions
+
+    async def acall(self, index: int, docs: list[Document], context: Context) -> tuple[list[Outcome], dict[str, float]]:
+        outcomes, delta = await self.handles[index].process.remote(StageCall(docs, context))
+        return list(outcomes), dict(delta)
+
+    def submit(self, index: int, docs: list[Document], context: Context) -> Any:
+        raise TypeError("the serve executor runs one request at a time: use Engine.process_async")
+
+    def done(self, timeout: float | None) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        """The deployments live as long as the application."""

@@ -1,6 +1,6 @@
 """Publish dead letters and results to Kafka topics, after they are stored in SQL.
 
-Delivery is at least once: `worker.runtime.stream` publishes a batch only after its
+Delivery is at least once: `worker.engine.stream` publishes a batch only after its
 SQL transaction committed, waits for every acknowledgement (`flush`), and only then
 stores a `<group>:published` offset. A worker that dies between the SQL commit and
 that marker re-reads the batch from the marker and publishes it again, so a consumer

@@ -5,7 +5,7 @@ or nothing. Rows are upserted on their natural keys (pipeline+doc_id; pipeline+d
 pipeline+ref+stage), so writing the same batch twice leaves the same rows. Offsets
 in the batch are stored in that same transaction, so after a crash at any line the
 stored offsets never run ahead of the stored results. Review-queue items (low-confidence
-results, see `worker.lifecycle.review`) are queued in that same transaction too.
+results, see `worker.sinks.review_queue`) are queued in that same transaction too.
 
 Poison rows: the last line of defence
 -------------------------------------
@@ -51,7 +51,7 @@ from worker.errors import SinkError
 from worker.sinks import tables
 
 if TYPE_CHECKING:
-    from worker.lifecycle.review import ReviewItem
+    from worker.sinks.review_queue import ReviewItem
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -309,7 +309,7 @@ class SqlResultSink:
             self._upsert_dead_letters(conn, batch.dead_letters)
             self._upsert_offsets(conn, batch.offsets)
             if batch.reviews:
-                from worker.lifecycle.review import enqueue
+                from worker.sinks.review_queue import enqueue
 
                 enqueue(conn, self.pipeline, batch.reviews)
 

@@ -4,7 +4,7 @@ Each record is parsed by `worker.sources.kafka_records.parse_record` (never rais
 bad data: a `Document`, or a `DeadLetter` with a reason code and the record's position).
 
 Offsets: this module only reads and seeks; what is committed, and when, is decided by
-`worker.runtime.stream` (see its docstring). On every partition assignment the source
+`worker.engine.stream` (see its docstring). On every partition assignment the source
 pauses the new partitions and, before it hands out any of their records, seeks each to
 the offset `start_offsets()` returns (the offsets stored in SQL). A partition without a
 stored offset keeps kafka-python's own choice: the group's committed offset, then the

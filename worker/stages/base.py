@@ -1,26 +1,22 @@
 """The stage protocol and the Hugging Face base class the four stage types share.
 
 Contract: construct from the validated spec (cheap, picklable); `load()` once in the
-process or actor that runs it (idempotent); `process(docs, context)` returns, per
-document, a `StageResult` or a `DeadLetter` -- never raises for a bad document.
+process or actor that runs it (idempotent); `run(docs, context)` returns, per document
+in order, a `StageResult` or a `DeadLetter`, and may raise for the batch as a whole.
 `context[doc_id][stage_name]` holds earlier stages' results for the same document.
+Hot swap, retries, out-of-memory splitting and per-document isolation are not the
+stage's business: `worker.engine.stage_call.run_stage` wraps every call.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from schemas.documents import DeadLetter, Document, StageResult
-from worker.errors import StageFailure
 from worker.models import loading
-
-if TYPE_CHECKING:
-    from worker.models.swap import ModelSwapper
 
 log = logging.getLogger(__name__)
 Context = dict[str, dict[str, StageResult]]
@@ -56,19 +52,13 @@ class Stage(Protocol):
 
     def load(self) -> None: ...
 
-    def process(self, docs: Sequence[Document], context: Context) -> list[Outcome]: ...
-
-
-def is_oom(exc: BaseException) -> bool:
-    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+    def run(self, docs: list[Document], context: Context) -> list[Outcome]: ...
 
 
 class HFStage:
-    """Shared machinery: model loading, device, per-document failure isolation.
+    """Shared machinery: model loading, device, hot-swap support, result and dead-letter helpers.
 
-    Subclasses set `auto_class` and implement `run(docs, context) -> list[Outcome]`
-    for a list of documents; the base retries a failed call, then isolates the
-    failing documents one by one so one bad document cannot sink its batch.
+    Subclasses set `auto_class` and implement `run(docs, context) -> list[Outcome]`.
     """
 
     auto_class: str = "AutoModel"
@@ -82,7 +72,7 @@ class HFStage:
         self.tokenizer: Any = None
         self.device = "cpu"
         self.ref: loading.ModelRef | None = None
-        self.swapper: ModelSwapper | None = None  # set by worker.models.swap.follow_champions
+        self.swapper: Any = None  # a worker.models.swap.ModelSwapper, set by follow_champions
 
     # ------------------------------------------------------------------ loading
 
@@ -136,43 +126,7 @@ class HFStage:
             limit -= 2
         return int(min(self.spec.max_length, limit, getattr(self.tokenizer, "model_max_length", limit) or limit))
 
-    # ------------------------------------------------------------------ running
-
-    def process(self, docs: Sequence[Document], context: Context) -> list[Outcome]:
-        if not docs:
-            return []
-        self.load()
-        if self.swapper is not None:
-            self.swapper.at_batch_boundary()  # a new champion takes over here, never inside a batch
-        started = time.perf_counter()
-        try:
-            outcomes = self._with_retries(lambda: self.run(list(docs), context))
-        except Exception as exc:  # noqa: BLE001 - isolate the failing documents
-            log.warning("stage batch failed, isolating documents", extra={"stage": self.name, "error": str(exc)[:300]})
-            outcomes = [self._one(doc, context) for doc in docs]
-        self.stats.seconds += time.perf_counter() - started
-        self.stats.docs += len(docs)
-        self.stats.failed += sum(isinstance(o, DeadLetter) for o in outcomes)
-        return outcomes
-
-    def _with_retries(self, call: Callable[[], list[Outcome]]) -> list[Outcome]:
-        for attempt in range(self.spec.retries + 1):
-            try:
-                return call()
-            except StageFailure:
-                raise
-            except Exception:
-                if attempt == self.spec.retries:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _one(self, doc: Document, context: Context) -> Outcome:
-        try:
-            return self._with_retries(lambda: self.run([doc], context))[0]
-        except StageFailure as failure:
-            return self.dead(doc, failure.reason, failure.detail)
-        except Exception as exc:  # noqa: BLE001 - a document that breaks the model is data
-            return self.dead(doc, "stage_error", f"{type(exc).__name__}: {str(exc)[:500]}")
+    # ------------------------------------------------------------------ running (called by worker.engine.stage_call)
 
     def run(self, docs: list[Document], context: Context) -> list[Outcome]:
         raise NotImplementedError
@@ -184,21 +138,3 @@ class HFStage:
 
     def dead(self, doc: Document, reason: str, detail: str) -> DeadLetter:
         return DeadLetter(ref=doc.id, stage=self.name, reason=reason, detail=detail, payload=doc.text[:2000])
-
-    def forward_split(self, batch: dict[str, Any], forward: Callable[[dict[str, Any]], Any]) -> list[Any]:
-        """Run `forward`; on out-of-memory split the batch in halves and retry each."""
-        try:
-            return [forward(batch)]
-        except (RuntimeError, MemoryError) as exc:
-            size = len(next(iter(batch.values())))
-            if not is_oom(exc) or size <= 1:
-                raise
-            self.stats.oom_splits += 1
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            half = size // 2
-            first = {k: v[:half] for k, v in batch.items()}
-            second = {k: v[half:] for k, v in batch.items()}
-            return self.forward_split(first, forward) + self.forward_split(second, forward)

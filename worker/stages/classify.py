@@ -9,8 +9,9 @@ from typing import Any
 from schemas.documents import Document
 from schemas.pipeline import ClassifyStage, SpamStage
 from worker.errors import ModelFormatError
-from worker.runtime.batching import plan_batches
 from worker.stages.base import Context, HFStage, Outcome, StageStats
+from worker.stages.batching import plan_batches
+from worker.stages.plugin import StagePlugin
 
 CHARS_PER_TOKEN_CAP = 12
 
@@ -130,3 +131,9 @@ class SpamDetectStage(HFStage):
                       "tokens": length, "truncated": length >= self.max_positions}
             outcomes.append(self.result(doc, label, p_spam, output))
         return outcomes
+
+
+PLUGINS = (
+    StagePlugin("classify", ClassifyStage, ClassifyTextStage, "sequence classification: a label and every label's score"),
+    StagePlugin("spam", SpamStage, SpamDetectStage, "spam detection: spam/ham by P(spam) >= threshold"),
+)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.documents import Document
+from schemas.documents import Document, StageResult
 from schemas.pipeline import QaStage
 from worker.stages.base import Context, HFStage, Outcome
+from worker.stages.plugin import StagePlugin
 
 
 class QuestionAnswerStage(HFStage):
@@ -59,3 +60,10 @@ class QuestionAnswerStage(HFStage):
             label = None if first["no_answer"] else first["answer"][:256]
             outcomes.append(self.result(doc, label, float(first["score"]), {"answers": answers}))
         return outcomes
+
+
+def _show_answer(result: StageResult) -> str:
+    return f"{result.label!r} ({result.score:.3f})" if result.score is not None else repr(result.label)
+
+
+PLUGINS = (StagePlugin("qa", QaStage, QuestionAnswerStage, "extractive question answering over windows", show=_show_answer),)

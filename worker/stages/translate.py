@@ -8,6 +8,7 @@ from schemas.documents import Document
 from schemas.pipeline import TranslateStage
 from worker.stages.base import Context, HFStage, Outcome
 from worker.stages.language import language_problem
+from worker.stages.plugin import StagePlugin
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 MAX_CHUNKS = 64
@@ -83,3 +84,7 @@ class TranslateTextStage(HFStage):
                           "target_lang": self.spec.target_lang, "chunks": len(parts), "truncated": truncated.get(index, False)}
                 outcomes[index] = self.result(doc, self.spec.target_lang, None, output)
         return [o for o in outcomes if o is not None]
+
+
+PLUGINS = (StagePlugin("translate", TranslateStage, TranslateTextStage, "machine translation, sentence by sentence when long",
+                       show=lambda result: str(result.label)),)

@@ -141,7 +141,7 @@ def _forward(
     windows) over length-sorted windows, so short windows are not padded to long ones. ``stats``
     (when given) accumulates ``real_tokens``, ``padded_tokens`` and ``batches``.
     """
-    from worker.runtime.batching import plan_batches
+    from worker.stages.batching import plan_batches
 
     pad_id, use_types = _input_plan(model, tokenizer)
     lengths = [len(w.input_ids) for w in windows]

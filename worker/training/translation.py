@@ -284,7 +284,7 @@ def translate_texts(
     tokens; other decoding settings come from ``model.generation_config``. ``stats`` (when given)
     accumulates source ``real_tokens``/``padded_tokens``, ``generated_tokens`` and ``batches``.
     """
-    from worker.runtime.batching import plan_batches
+    from worker.stages.batching import plan_batches
 
     if not texts:
         return []

@@ -1,4 +1,8 @@
-"""Streaming: Kafka -> validation -> stages -> one SQL transaction per batch -> Kafka commit.
+"""Streaming driver: Kafka -> validation -> engine -> one SQL transaction per batch -> Kafka commit.
+
+The stages run on whichever executor the engine has: in this process, or Ray actor
+pools (`--runtime ray`), with several polled batches in flight at once; batches are
+stored strictly in poll order, so offsets only ever move forward.
 
 Delivery contract: effectively once in SQL
 -------------------------------------------
@@ -7,7 +11,7 @@ Each batch goes through these steps, in order:
 1. poll up to `max_batch` records (waiting at most `max_wait_ms`) from the partitions
    this worker owns;
 2. parse and validate them (bad records become dead letters with a reason), run
-   the stages (`apply_stages`; stage failures become dead letters too);
+   the stages (the engine; stage failures become dead letters too);
 3. ONE SQL transaction (`SqlResultSink.write`): documents, results, dead letters and,
    for every partition in the batch, the next offset to read (`stream_offsets`,
    keyed by consumer group). Rows are upserts on natural keys;
@@ -68,24 +72,21 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
-from worker.lifecycle.review import review_items
-from worker.logs import bind_log_context, unbind_log_context
-from worker.models.swap import follow_champions
-from worker.observability import metrics
-from worker.runtime.local import RunSummary, apply_stages, new_run_id, unique_docs
+from worker.engine.core import Chunk, ChunkInput, Engine
+from worker.engine.runs import RunBook, RunSummary, new_run_id
 from worker.sinks.kafka_topics import PUBLISHED_SUFFIX, TopicPublisher
 from worker.sinks.sql import Offset, SinkBatch, SqlResultSink
 from worker.sources.kafka import KafkaDocumentSource, Polled
 from worker.sources.kafka_replay import Replay, parse_time
-from worker.stages import Stage, build_stage
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
@@ -122,18 +123,22 @@ def _time_arg(text: str | None) -> int | None:
 class StreamRunner:
     """The loop of the module docstring, over already constructed parts."""
 
-    def __init__(self, spec: PipelineSpec, sink: SqlResultSink, source: KafkaDocumentSource, stages: list[Stage],
-                 publisher: TopicPublisher, options: StreamOptions, stop: threading.Event) -> None:
+    def __init__(self, spec: PipelineSpec, sink: SqlResultSink, source: KafkaDocumentSource, engine: Engine,
+                 publisher: TopicPublisher, options: StreamOptions, stop: threading.Event, meta: dict[str, Any] | None = None) -> None:
         if not isinstance(spec.source, KafkaSource):
             raise TypeError("StreamRunner needs a pipeline with a kafka source")
         self.spec, self.kafka = spec, spec.source
-        self.sink, self.source, self.stages, self.publisher = sink, source, stages, publisher
+        self.sink, self.source, self.engine, self.publisher = sink, source, engine, publisher
         self.options, self.stop = options, stop
-        self.summary = RunSummary(run_id=sink.run_id, pipeline=spec.name)
+        self.book = RunBook(spec, sink, engine, {"source": "kafka", "group": self.kafka.group, **(meta or {})})
         self.records = 0
         self.batches = 0
         self._idle = 0
         self._backoff = 0.5
+
+    @property
+    def summary(self) -> RunSummary:
+        return self.book.summary
 
     # ------------------------------------------------------------------ hooks the parts call
 
@@ -156,24 +161,15 @@ class StreamRunner:
 
     def run(self) -> RunSummary:
         """Poll and process until stopped or the options' end; returns the summary."""
-        self.sink.start_run({"stages": [s.name for s in self.stages], "source": "kafka", "group": self.kafka.group})
-        metrics.run_started(self.spec.name, self.sink.run_id)
-        log_scope = bind_log_context(run_id=self.sink.run_id, pipeline=self.spec.name)
-        started = time.perf_counter()
+        self.book.start()
         status = "failed"
         try:
-            while not self.stop.is_set() and not self._reached_end():
-                self._step()
+            self.engine.run(self._batches(), self._complete)
             status = "stopped" if self.stop.is_set() else "finished"
         except Shutdown as exc:
             log.warning("batch abandoned before its commit", extra={"reason": str(exc)})
             status = "stopped"
         finally:
-            self.summary.seconds = time.perf_counter() - started
-            self._record_stage_stats()
-            metrics.add_latencies(self.summary)
-            metrics.run_finished(self.spec.name, status)
-            unbind_log_context(log_scope)
             self._finish_run(status)
         return self.summary
 
@@ -184,16 +180,23 @@ class StreamRunner:
             return self.source.caught_up()
         return self.options.until_end and self._idle >= self.options.idle_polls and self.source.caught_up()
 
-    def _step(self) -> None:
-        polled = self._poll()
-        self._observe_lag()
-        if polled is None:
-            return
-        if not polled:
-            self._idle += 1
-            return
-        self._idle = 0
-        self._handle(polled)
+    def _batches(self) -> Iterator[ChunkInput | None]:
+        """Polled batches as engine chunks (None after an empty poll), until stopped or the end."""
+        while not self.stop.is_set() and not self._reached_end():
+            polled = self._poll()
+            self._observe_lag()
+            if polled is None:
+                yield None
+                continue
+            if not polled:
+                self._idle += 1
+                yield None
+                continue
+            self._idle = 0
+            self.records += len(polled)
+            docs = [i for i in polled.items if isinstance(i, Document)]
+            letters = [i for i in polled.items if isinstance(i, DeadLetter)]
+            yield ChunkInput(docs, letters, len(polled), dict(polled.next_offsets))
 
     def _poll(self) -> Polled | None:
         wanted = self.kafka.max_batch
@@ -209,24 +212,17 @@ class StreamRunner:
         self._backoff = 0.5
         return polled
 
-    def _handle(self, polled: Polled) -> None:
-        docs, letters = unique_docs(polled.items)
-        results, stage_letters = apply_stages(self.stages, self.spec, docs, self.summary)
-        letters += stage_letters
-        self._write(SinkBatch(documents=docs, results=results, dead_letters=letters, offsets=self._offsets(polled.next_offsets),
-                               reviews=review_items(self.spec, docs, results)))
-        self.source.commit(polled.next_offsets)
-        self._publish(docs, results, letters, polled.next_offsets)
-        metrics.observe_chunk(self.spec.name, items=len(polled), docs=len(docs), letters=letters)
-        for letter in letters:
-            log.info("dead letter", extra={"doc_id": letter.ref, "stage": letter.stage, "reason": letter.reason})
-        self.records += len(polled)
+    def _complete(self, chunk: Chunk) -> None:
+        """Store a processed batch with its offsets (one transaction), commit to Kafka, publish."""
+        next_offsets: Mapping[TopicPartition, int] = chunk.payload
+        started = time.perf_counter()
+        self._write(self.book.batch(chunk, self._offsets(next_offsets)))
+        self.book.stored(chunk, time.perf_counter() - started)
+        self.source.commit(next_offsets)
+        self._publish(chunk.docs, chunk.results, chunk.letters, next_offsets)
         self.batches += 1
-        self.summary.docs += len(docs)
-        self.summary.dead_letters += len(letters)
-        self.summary.reasons.update(d.reason for d in letters)
-        log.info("batch stored", extra={"records": len(polled), "docs": len(docs), "dead_letters": len(letters),
-                                        "offsets": {f"{tp.topic}/{tp.partition}": o for tp, o in polled.next_offsets.items()}})
+        log.info("batch stored", extra={"records": chunk.items, "docs": len(chunk.docs), "dead_letters": len(chunk.letters),
+                                        "offsets": {f"{tp.topic}/{tp.partition}": o for tp, o in next_offsets.items()}})
 
     def _offsets(self, next_offsets: Mapping[TopicPartition, int], suffix: str = "") -> list[Offset]:
         if self.options.replay is not None:
@@ -235,8 +231,7 @@ class StreamRunner:
 
     def _write(self, batch: SinkBatch) -> None:
         try:
-            with metrics.time_sink(self.spec.name):
-                self.sink.write(batch)
+            self.sink.write(batch)
         finally:
             self.source.resume_after_outage()
 
@@ -258,7 +253,7 @@ class StreamRunner:
                 continue
             if highwater is not None and position is not None:
                 lags[(tp.topic, tp.partition)] = highwater - position
-        metrics.observe_lag(self.spec.name, self.kafka.group, lags)
+        self.engine.hooks.on_lag(self.spec.name, self.kafka.group, lags)
 
     def _publish(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter],
                  next_offsets: Mapping[TopicPartition, int]) -> None:
@@ -279,17 +274,10 @@ class StreamRunner:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _record_stage_stats(self) -> None:
-        for stage in self.stages:
-            st = stage.stats
-            self.summary.stage_stats[stage.name] = {
-                "model_version": stage.model_version, "seconds": round(st.seconds, 3),  # type: ignore[dict-item]
-                "padding_waste": round(st.padding_waste, 4), "tokens_per_s": round(st.tokens_per_s, 1), "batches": st.batches,
-            }
-
     def _finish_run(self, status: str) -> None:
+        extra = {"records": self.records, "batches": self.batches}
         try:
-            self.sink.finish_run(status, {**self.summary.as_dict(), "records": self.records, "batches": self.batches})
+            self.book.finish(status, extra)
         except Shutdown:
             log.warning("run status not stored: the database is unavailable")
 
@@ -316,8 +304,9 @@ def install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
-def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, stop: threading.Event | None = None) -> RunSummary:
-    """Build the sink, stages, source and publisher for `spec`, run the loop, release everything."""
+def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, engine: Engine,
+               stop: threading.Event | None = None, meta: dict[str, Any] | None = None) -> RunSummary:
+    """Build the sink, source and publisher for `spec`, run the loop on `engine`, release everything."""
     if not isinstance(spec.source, KafkaSource):
         raise TypeError("run_stream needs a pipeline with a kafka source")
     stop = stop or threading.Event()
@@ -325,14 +314,11 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, st
     sink = SqlResultSink(database_url, spec.name, new_run_id(), store_text=spec.sink.store_text, retry_forever=True)
     source = KafkaDocumentSource(spec.source, replay=options.replay)
     publisher = TopicPublisher(spec.source, spec.name)
-    stages = [build_stage(s) for s in spec.stages]
-    follow_champions(stages, database_url)
-    runner = StreamRunner(spec, sink, source, stages, publisher, options, stop)
+    runner = StreamRunner(spec, sink, source, engine, publisher, options, stop, meta)
     sink.on_retry, source.start_offsets = runner.on_db_retry, runner.start_offsets
     try:
         sink.open()
-        for stage in stages:
-            stage.load()
+        engine.start()
         source.open(should_stop=stop.is_set)
         return runner.run() if not stop.is_set() else runner.summary
     except Shutdown:
@@ -342,4 +328,5 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, st
         source.close()
         publisher.close()
         sink.close()
+        engine.close()
         restore()
