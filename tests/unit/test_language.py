@@ -145,3 +145,20 @@ def test_random_text_keeps_everything_and_respects_max_chars(seed: int) -> None:
     chunks = split_chunks(text, max_chars)
     assert squash(" ".join(chunks)) == squash(text)
     assert all(0 < len(c) <= max_chars for c in chunks)
+
+
+def test_degenerate_translations_are_flagged() -> None:
+    from worker.stages.translate import quality_problems
+
+    source = "The shop is closed on Sunday."
+    assert quality_problems(source, "Das Geschäft ist am Sonntag geschlossen.") == []
+    assert quality_problems(source, "") == ["empty"]
+    assert quality_problems(source, "  ...  ") == ["empty"]
+    assert quality_problems(source, "The shop is closed on Sunday.") == ["copy"]
+    assert quality_problems(source, "the SHOP is closed, on sunday") == ["copy"]
+    assert quality_problems(source, "Der Laden der Laden der Laden der Laden ist zu") == ["repetition"]
+    assert quality_problems(source, "ist ist ist ist") == ["repetition"]
+    looping = " ".join(["und", "die", "und", "der"] * 6)
+    assert quality_problems(source, looping) == ["repetition"]
+    assert quality_problems("Hi", "Hi") == []  # a short source may well be copied (names, greetings)
+    assert quality_problems("", "") == []

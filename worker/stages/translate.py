@@ -4,14 +4,44 @@ from __future__ import annotations
 
 import re
 
-from schemas.documents import Document
+from schemas.documents import Document, StageResult
 from schemas.pipeline import TranslateStage
 from worker.stages.base import Context, HFStage, Outcome
 from worker.stages.language import language_problem
 from worker.stages.plugin import StagePlugin
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+_WORD = re.compile(r"\w+", re.UNICODE)
 MAX_CHUNKS = 64
+LOW_QUALITY = "low_quality"
+
+
+def quality_problems(source: str, translation: str) -> list[str]:
+    """Why a translation looks degenerate: `empty`, `copy` (the source back), `repetition` (a loop).
+
+    Cheap checks on the text alone, so a broken or off-domain model shows up as flagged
+    results on the dashboard instead of fluent-looking garbage.
+    """
+    words = [w.lower() for w in _WORD.findall(translation)]
+    if not words:
+        return ["empty"] if source.strip() else []
+    problems = []
+    source_words = [w.lower() for w in _WORD.findall(source)]
+    if len(source_words) >= 4 and words == source_words:
+        problems.append("copy")
+    if _repeats(words):
+        problems.append("repetition")
+    return problems
+
+
+def _repeats(words: list[str]) -> bool:
+    """An n-gram (n = 1..4) said four or more times in a row, or few distinct words in a long output."""
+    for n in range(1, 5):
+        for start in range(0, max(0, len(words) - 4 * n + 1)):
+            gram = words[start:start + n]
+            if all(words[start + k * n:start + (k + 1) * n] == gram for k in range(1, 4)):
+                return True
+    return len(words) >= 16 and len(set(words)) / len(words) < 0.3
 
 
 def split_chunks(text: str, max_chars: int) -> list[str]:
@@ -82,9 +112,23 @@ class TranslateTextStage(HFStage):
                 parts = joined.get(index, [])
                 output = {"translation": " ".join(parts), "source_lang": self.spec.source_lang,
                           "target_lang": self.spec.target_lang, "chunks": len(parts), "truncated": truncated.get(index, False)}
-                outcomes[index] = self.result(doc, self.spec.target_lang, None, output)
+                problems = sorted({p for i in range(len(parts)) for p in quality_problems(_chunk_of(chunks, owners, index, i), parts[i])})
+                if problems:
+                    output[LOW_QUALITY] = problems
+                label = LOW_QUALITY if problems else self.spec.target_lang
+                outcomes[index] = self.result(doc, label, None, output)
         return [o for o in outcomes if o is not None]
 
 
+def _chunk_of(chunks: list[str], owners: list[int], owner: int, nth: int) -> str:
+    """The `nth` source chunk of document `owner`."""
+    return [c for c, o in zip(chunks, owners, strict=True) if o == owner][nth]
+
+
+def _show(result: StageResult) -> str:
+    flag = f" [{', '.join(result.output[LOW_QUALITY])}]" if result.output.get(LOW_QUALITY) else ""
+    return f"{str(result.output.get('translation', ''))[:120]}{flag}"
+
+
 PLUGINS = (StagePlugin("translate", TranslateStage, TranslateTextStage, "machine translation, sentence by sentence when long",
-                       show=lambda result: str(result.label)),)
+                       show=_show),)
