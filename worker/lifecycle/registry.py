@@ -340,6 +340,9 @@ class ModelRegistry:
         rows = []
         for ref in sets:
             path = Path(version_dir) / ref.file
+            if not path.is_file():
+                log.warning("reference set listed but missing; not stored", extra={"model": name, "version": version, "set": ref.name})
+                continue
             lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
             rows.append({"name": name, "version": version, "set_name": ref.name, "task": ref.task, "role": ref.role,
                          "origin_version": ref.origin, "n_rows": ref.rows, "sha256": ref.sha256, "manifest": ref.as_dict(),
