@@ -228,7 +228,7 @@ def test_hostile_feedback_records_never_stop_the_scheduler(kafka_bootstrap: str,
 
 
 @pytest.fixture(scope="module")
-def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> Iterator[tuple[str, str]]:
+def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory, postgres_admin_url: str) -> Iterator[tuple[str, Path]]:
     """`textworker serve` of a one-stage (spam) pipeline with PostgreSQL, over real HTTP."""
     import uuid
 
@@ -262,11 +262,11 @@ def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory, postgres_
     try:
         wait_for(ready, 300, "textworker serve to be ready", interval_s=2,
                  abort=lambda: None if process.poll() is None else (tmp / "serve.log").read_text(errors="replace")[-3000:])
-        yield url, database_url
+        yield url, tmp / "serve.log"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -288,39 +288,77 @@ def _batches(items: list[bytes], size: int) -> Iterator[list[bytes]]:
         yield items[start:start + size]
 
 
-def _check_all(send: Callable[[bytes], requests.Response], bodies: Iterator[bytes]) -> dict[int, int]:
+def _server_errors(log: Path) -> list[str]:
+    """The exception lines the server logged (what a 500 was), most frequent first."""
+    lines = log.read_text(errors="replace").splitlines()
+    errors: dict[str, int] = {}
+    for line in lines:
+        text = line.split("\x1b[0m ", 1)[-1].strip()
+        if text[:1].isalpha() and ("Error: " in text or "Exception: " in text) and not text.startswith(("File ", "raise ")):
+            key = text[:160]
+            errors[key] = errors.get(key, 0) + 1
+    return [f"{n} x {text}" for text, n in sorted(errors.items(), key=lambda item: -item[1])]
+
+
+def _check_all(send: Callable[[bytes], requests.Response], bodies: Iterator[bytes], log: Path) -> dict[int, int]:
+    """Send every body; every answer is JSON and none is a 5xx (the first failures and the server's errors are listed)."""
     statuses: dict[int, int] = {}
+    failures: list[tuple[int, str, bytes]] = []
     for body in bodies:
         response = send(body)
         statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-        assert response.status_code < 500, (response.status_code, response.text[:500], body[:300])
-        assert response.headers.get("content-type", "").startswith("application/json"), response.headers
+        if response.status_code >= 500 or not response.headers.get("content-type", "").startswith("application/json"):
+            failures.append((response.status_code, response.text[:200], body[:200]))
+    assert not failures, (statuses, failures[:2], _server_errors(log)[:5])
     return statuses
 
 
-def test_hostile_bodies_never_get_a_500_from_either_route(served: tuple[str, str]) -> None:
-    url, database_url = served
-    objects = generate(hostile_object(), ROUTE_HOSTILE)
-    valid = json.dumps({"id": "http-valid", "text": "Free entry! Text WIN to 80082 to claim your prize now"}).encode()
+def _fits_the_schema(body: bytes) -> bool:
+    """What FastAPI's JSON parsing and the request schema accept (a document's own problems are answered per document)."""
+    try:
+        record = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    doc_id = record.get("id") if isinstance(record, dict) else None
+    return isinstance(record, dict) and isinstance(record.get("text"), str) and (
+        doc_id is None or (isinstance(doc_id, str | int) and not isinstance(doc_id, bool)))
 
-    def documents_bodies() -> Iterator[bytes]:
-        for batch in _batches(objects, 15):
-            yield b'{"documents": [' + b", ".join([*batch, valid]) + b"]}"
 
-    statuses = _check_all(lambda body: _post(url + "/v1/documents", body), documents_bodies())
-    assert statuses.get(200, 0) > 10, statuses
-    probe = _post(url + "/v1/documents", b'{"documents": [' + objects[0] + b", " + valid + b"]}")
-    if probe.status_code == 200:
-        entries = probe.json()["documents"]
-        assert entries[-1]["status"] == "ok" and entries[-1]["results"]["spam"]["label"] in ("ham", "spam")
-
+def test_hostile_feedback_bodies_never_get_a_500(served: tuple[str, Path]) -> None:
+    url, log = served
     rows = generate(hostile_feedback(), ROUTE_HOSTILE)
 
     def feedback_bodies() -> Iterator[bytes]:
         for index, batch in enumerate(_batches(rows, 10)):
             yield batch[0] if index % 4 == 0 else b"[" + b", ".join(batch) + b"]"
 
-    statuses = _check_all(lambda body: _post(url + "/v1/feedback", body), feedback_bodies())
+    statuses = _check_all(lambda body: _post(url + "/v1/feedback", body), feedback_bodies(), log)
     assert statuses.get(422, 0) > 10, statuses
     good = _post(url + "/v1/feedback", json.dumps({"stage": "spam", "text": "a valid row after the storm", "label": "spam"}).encode())
     assert good.status_code == 200 and good.json()["inserted"] == 1, good.text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "worker/serving/ingress.py answers a schema error with FastAPI's default 422 body, which echoes the request's "
+    "`input`; a lone surrogate there makes the JSON response fail to encode (UnicodeEncodeError -> 500)"))
+def test_hostile_document_bodies_never_get_a_500(served: tuple[str, Path]) -> None:
+    url, log = served
+    objects = generate(hostile_object(), ROUTE_HOSTILE)
+    valid = json.dumps({"id": "http-valid", "text": "Free entry! Text WIN to 80082 to claim your prize now"}).encode()
+    fitting = [o for o in objects if _fits_the_schema(o)]
+    others = [o for o in objects if not _fits_the_schema(o)]
+    assert len(fitting) > 200 and len(others) > 200, (len(fitting), len(others))
+
+    def documents_bodies() -> Iterator[bytes]:
+        for batch in _batches(fitting, 15):  # requests the schema accepts: each document gets its own answer
+            yield b'{"documents": [' + b", ".join([*batch, valid]) + b"]}"
+        for batch in _batches(others, 2):  # requests refused whole (400, 422, 413)
+            yield b'{"documents": [' + b", ".join([*batch, valid]) + b"]}"
+
+    statuses = _check_all(lambda body: _post(url + "/v1/documents", body), documents_bodies(), log)
+    assert statuses.get(200, 0) > len(fitting) // 30, statuses
+    probe = _post(url + "/v1/documents", b'{"documents": [{"id": "x\\ud800y", "text": "fine", "k": "\\udc80"}, ' + valid + b"]}")
+    assert probe.status_code == 200, probe.text
+    entries = probe.json()["documents"]
+    assert entries[0]["status"] == "rejected" and entries[0]["errors"][0]["reason"] == "invalid_utf8"
+    assert entries[-1]["status"] == "ok" and entries[-1]["results"]["spam"]["label"] in ("ham", "spam")

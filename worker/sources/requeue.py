@@ -29,7 +29,8 @@ again (writes are upserts: no duplicates). How a letter becomes a document again
 Memory stays bounded: letters are read a page at a time (`marked_pages`, keyset paging
 on the `(ref, stage)` key, so the letters of one document are adjacent and it runs once);
 what the run took is remembered as a count and the last key, not as a list. Only letters
-marked before the read began are taken, and `resolve()` deletes exactly those.
+marked no later than the newest mark seen when the source opened are taken (letters
+marked meanwhile wait for the next requeue), and `resolve()` deletes exactly those.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -105,10 +106,21 @@ class RequeueSource:
         migrate(self.engine)
         self.limit = limit
         self.page_size = page_size
-        self.marked_before = datetime.now(UTC)
+        self.marked_before = self._newest_mark()
         self.taken = Taken()
 
+    def _newest_mark(self) -> datetime | None:
+        """When the newest letter was marked: letters marked later (by the marking host's clock, so
+        clock skew between hosts does not matter) wait for the next requeue."""
+        dl = tables.dead_letters
+        query = sa.select(sa.func.max(dl.c.requeued_at)).where(dl.c.pipeline == self.spec.name, dl.c.requeued_at.is_not(None))
+        with self.engine.connect() as conn:
+            newest: datetime | None = conn.execute(query).scalar()
+        return newest
+
     def read(self) -> Iterator[SourceItem]:
+        if self.marked_before is None:
+            return
         last_doc: str | None = None
         for page in marked_pages(self.engine, self.spec.name, self.marked_before, page_size=self.page_size, limit=self.limit):
             for row in page:
@@ -141,7 +153,7 @@ class RequeueSource:
 
     def resolve(self) -> int:
         """Delete the letters this requeue took that are still marked (those that failed again were rewritten unmarked)."""
-        if self.taken.last is None:
+        if self.taken.last is None or self.marked_before is None:
             return 0
         dl = tables.dead_letters
         with self.engine.begin() as conn:
