@@ -136,7 +136,7 @@ def test_a_surrogate_id_gives_a_storable_reference() -> None:
     assert isinstance(letter, DeadLetter) and letter.reason == "invalid_utf8" and letter.ref == "x\\udc80"
 
 
-@PROPERTY
+@settings(PROPERTY, max_examples=100)
 @given(values=st.lists(hostile_object(), min_size=1, max_size=12))
 def test_hostile_jsonl_file_gives_one_item_per_line(values: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
     path = tmp_path_factory.mktemp("jsonl") / "hostile.jsonl"
@@ -221,3 +221,21 @@ def test_any_feedback_record_is_a_storable_row_or_a_reason(value: bytes) -> None
                                             "answer_not_in_context"}, problem.reason
     except RecordProblem as problem:
         assert problem.reason in REASONS
+
+
+@PROPERTY
+@given(extra=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("id", "text")), json_values, max_size=4),
+       text=st.text(max_size=20), depth=st.integers(0, 900))
+def test_http_documents_always_get_an_entry(extra: dict[str, Any], text: str, depth: int) -> None:
+    from worker.serving.payloads import DocumentsRequest, document_out, read_documents
+
+    nested: Any = "leaf"
+    for _ in range(depth):
+        nested = [nested]
+    request = DocumentsRequest.model_validate({"documents": [{"text": text, **extra}, {"id": "n", "text": "ok", "deep": nested}]})
+    items = read_documents(request, "req", max_chars=1000)
+    assert len(items) == 2
+    for item in items:
+        entry = document_out(item.id, [], [], []) if isinstance(item, Document) else document_out(item.ref, [], [item], [], rejected=True)
+        entry.model_dump_json().encode("utf-8")  # the response can always be sent
+    assert isinstance(items[1], Document) if depth < MAX_DEPTH else items[1].reason == "too_deep"
