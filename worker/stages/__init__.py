@@ -16,6 +16,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "worker.stages.classify",  # classify, spam
     "worker.stages.qa",
     "worker.stages.translate",
+    "worker.stages.embed",
 )
 
 STAGE_TYPES: dict[str, StagePlugin] = {}
