@@ -29,7 +29,7 @@ def print_report(url: str, pipeline: str, samples: int = 3) -> None:
             shown = parts if stage != "qa" and stage != "translate" else [f"{sum(int(p.rsplit('=', 1)[1]) for p in parts)} rows"]
             print(f"  {stage:<10} {', '.join(shown)}")
         for stage in ("sentiment", "spam"):
-            rows = conn.execute(sa.select(r.c.label, r.c.score, d.c.text).join(d, d.c.doc_id == r.c.doc_id)
+            rows = conn.execute(sa.select(r.c.label, r.c.score, d.c.text).join(d, (d.c.pipeline == r.c.pipeline) & (d.c.doc_id == r.c.doc_id))
                                 .where(r.c.pipeline == pipeline, r.c.stage == stage).order_by(r.c.score.desc()).limit(samples)).all()
             for label, score, text in rows:
                 print(f"  [{stage} {label} {score:.2f}] {_clip(text)}")
@@ -38,7 +38,7 @@ def print_report(url: str, pipeline: str, samples: int = 3) -> None:
         for output, doc_id in qa_rows:
             for answer in output.get("answers", [])[-1:]:
                 print(f"  [qa {doc_id}] Q: {_clip(answer['question'], 50)}  A: {_clip(answer['answer'], 40)} ({answer['score']:.2f})")
-        tr_rows = conn.execute(sa.select(r.c.output, d.c.text).join(d, d.c.doc_id == r.c.doc_id)
+        tr_rows = conn.execute(sa.select(r.c.output, d.c.text).join(d, (d.c.pipeline == r.c.pipeline) & (d.c.doc_id == r.c.doc_id))
                             .where(r.c.pipeline == pipeline, r.c.stage == "translate").order_by(d.c.chars).limit(samples)).all()
         for output, text in tr_rows:
             print(f"  [translate] {_clip(text, 45)}  ->  {_clip(output.get('translation'), 45)}")
