@@ -313,6 +313,24 @@ def _check_all(send: Callable[[bytes], requests.Response], bodies: Iterator[byte
     return statuses
 
 
+def _unique_id_batches(bodies: list[bytes], size: int) -> Iterator[list[bytes]]:
+    """Batches without two documents of the same id (as the boundary makes it: NULs removed, or derived from the text),
+    so that a request is not refused whole for a repeated id (422)."""
+    batch: list[bytes] = []
+    keys: set[str] = {"http-valid"}
+    for body in bodies:
+        record = json.loads(body)
+        doc_id = record.get("id")
+        key = str(doc_id).replace("\x00", "") if doc_id is not None else "text:" + record["text"].replace("\x00", "")
+        if key in keys or len(batch) == size:
+            yield batch
+            batch, keys = [], {"http-valid"}
+        batch.append(body)
+        keys.add(key)
+    if batch:
+        yield batch
+
+
 def _fits_the_schema(body: bytes) -> bool:
     """What FastAPI's JSON parsing and the request schema accept (a document's own problems are answered per document)."""
     try:
@@ -350,13 +368,13 @@ def test_hostile_document_bodies_never_get_a_500(served: tuple[str, Path]) -> No
     assert len(fitting) > 200 and len(others) > 200, (len(fitting), len(others))
 
     def documents_bodies() -> Iterator[bytes]:
-        for batch in _batches(fitting, 15):  # requests the schema accepts: each document gets its own answer
+        for batch in _unique_id_batches(fitting, 15):  # requests the schema accepts: each document gets its own answer
             yield b'{"documents": [' + b", ".join([*batch, valid]) + b"]}"
         for batch in _batches(others, 2):  # requests refused whole (400, 422, 413)
             yield b'{"documents": [' + b", ".join([*batch, valid]) + b"]}"
 
     statuses = _check_all(lambda body: _post(url + "/v1/documents", body), documents_bodies(), log)
-    assert statuses.get(200, 0) > len(fitting) // 30, statuses
+    assert statuses.get(200, 0) > statuses.get(422, 0), statuses  # most accepted requests get an answer per document
     probe = _post(url + "/v1/documents", b'{"documents": [{"id": "x\\ud800y", "text": "fine", "k": "\\udc80"}, ' + valid + b"]}")
     assert probe.status_code == 200, probe.text
     entries = probe.json()["documents"]
