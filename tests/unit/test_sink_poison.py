@@ -168,3 +168,18 @@ def test_migration_0005_keeps_every_document_row(db_url: str) -> None:
         conn.execute(sa.text("INSERT INTO documents (pipeline, doc_id, chars, sha256, meta, source_ref, created_at, updated_at) "
                              "VALUES ('a', 'shared', 1, 'x', '{}', 'r', :n, :n)"), {"n": now})
     engine.dispose()
+
+
+def test_textworker_run_against_an_unknown_database_exits_with_one_line(postgres_url: str) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    url = sa.engine.make_url(normalise_url(postgres_url)).set(database="tw_no_such_database")
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "run", "pipelines/demo.yaml", "--quiet",
+                           "--database-url", url.render_as_string(hide_password=False)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: TW401 the database `tw_no_such_database` does not exist on {url.host}: create it or fix the database URL"]
