@@ -109,3 +109,16 @@ def test_the_registry_keeps_each_versions_sets_with_their_rows(tmp_path: Path) -
         assert "rows_data" not in registry.references("spam", "v0")[0]
     finally:
         registry.close()
+
+
+@pytest.mark.parametrize(("task", "seed_file", "rows"), [("spam", "spam.tsv", 332), ("qa", "qa.jsonl", 200),
+                                                         ("translate", "translation.jsonl", 685), ("mlm", "sentiment.tsv", 360)])
+def test_every_default_model_kind_records_its_seed_data_as_a_train_set(tmp_path: Path, task: str, seed_file: str, rows: int) -> None:
+    from worker.models.defaults import SEED_DIR, finish_version
+
+    version = _version(tmp_path, "v0-seed")
+    finish_version(version, name=task, task=task, base="builtin:minilm", data=SEED_DIR / seed_file, info={}, version="v0-seed")
+    [train] = references.manifest(version)
+    assert (train.name, train.role, train.task, train.rows) == ("v0-seed.train", "train", task, rows)
+    assert train.source["sha256"] == loading.read_metadata(version)["train_data"]["sha256"]
+    assert len(references.load_rows(version, train)) == rows
