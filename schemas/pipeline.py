@@ -287,7 +287,10 @@ class FinetuneSpec(StrictModel):
         default=None, description="Training data replayed against forgetting (default: the champion's recorded training data, "
         "or its snapshot when the file is gone).",
     )
-    base_mix: float = Field(default=1.0, ge=0, le=100, description="Replay rows per feedback training row; 0 turns replay off.")
+    base_mix: float = Field(
+        default=2.0, ge=0, le=100,
+        description="Replay rows per feedback training row (default 2, chosen by measurement: docs/lifecycle.md); 0 turns replay off.",
+    )
     retry: bool = Field(default=True, description="When a candidate fails only the reference guard, train once more with twice the replay.")
     move_pointer: bool = Field(
         default=False, description="On promotion also move the family's on-disk `current` file (what pipelines without this "

@@ -39,7 +39,7 @@ import random
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -355,6 +355,13 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
         details = {"gate": decision.as_dict(), "candidate": scored["candidate"], "champion": scored["champion"], "attempt": attempt}
         retry = (attempt == 1 and not decision.promote and decision.target_ok is True and decision.guard_ok is False
                  and cfg.retry and mix > 0 and pool is not None)
+        more: TrainingData | None = None
+        if retry:  # only when twice the replay really adds rows (a small training set may be used up already)
+            more = prepare_data(stage, rows, cfg, labels, pool, seed, mix=mix * 2, exclude=exclude)
+            if more.counts["base"] <= data.counts["base"]:
+                retry = False
+                decision = replace(decision, reason=decision.reason + f"; no retry: all {data.counts['base']} replay rows are used already")
+                details["gate"] = decision.as_dict()
         if decision.promote:
             registry.promote(record.name, version, f"gate passed: {decision.reason}", details, move_pointer=cfg.move_pointer)
         else:
@@ -368,10 +375,9 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
                         "replay": params["replay"]}
         log.info("fine-tune decided", extra={"model": record.name, "candidate": version, "promoted": decision.promote,
                                              "reason": decision.reason, "attempt": attempt})
-        if not retry:
+        if not retry or more is None:
             break
-        mix = mix * 2
-        data = prepare_data(stage, rows, cfg, labels, pool, seed, mix=mix, exclude=exclude)
+        mix, data = mix * 2, more
         data.replay_from = replay_from
     result.seconds = round(time.perf_counter() - started, 1)
     return result
