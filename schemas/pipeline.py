@@ -460,7 +460,6 @@ class SqlSink(StrictModel):
     type: Literal["sql"] = "sql"
     url: str = "sqlite:///textworker.db"
     store_text: bool = True
-    batch_size: int = Field(default=256, gt=0)
 
 
 class FeedbackTopic(StrictModel):

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from worker.errors import TextworkerError
@@ -249,10 +248,6 @@ def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
         print(json.dumps(payload, indent=2, default=str))
     elif not getattr(args, "quiet", False) or text.startswith("error"):
         print(text)
-
-
-def resolve_path(path: str) -> Path:
-    return Path(path).expanduser()
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_sink_writes_the_same_rows_as_textworker_run(models_dir: Path, shared_da
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     cli_url, api_url = f"sqlite:///{tmp_path / 'cli.db'}", f"sqlite:///{tmp_path / 'api.db'}"
-    env = {**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir), "HF_HUB_OFFLINE": "1", "KAFKA_BOOTSTRAP_SERVERS": "unused:9092"}
     pipeline_file = REPO / "pipelines" / "stream.yaml"
     done = subprocess.run([sys.executable, "-m", "worker.cli", "run", str(pipeline_file), "--input", str(data), "--database-url", cli_url,
                            "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -310,6 +310,7 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, en
     if not isinstance(spec.source, KafkaSource):
         raise TypeError("run_stream needs a pipeline with a kafka source")
     stop = stop or threading.Event()
+    engine.start()  # loads the stages (on Ray: starts the actors; ray.init installs signal handlers, ours go in after)
     restore = install_signal_handlers(stop)
     sink = SqlResultSink(database_url, spec.name, new_run_id(), store_text=spec.sink.store_text, retry_forever=True)
     source = KafkaDocumentSource(spec.source, replay=options.replay)
@@ -318,7 +319,6 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, en
     sink.on_retry, source.start_offsets = runner.on_db_retry, runner.start_offsets
     try:
         sink.open()
-        engine.start()
         source.open(should_stop=stop.is_set)
         return runner.run() if not stop.is_set() else runner.summary
     except Shutdown:

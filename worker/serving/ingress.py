@@ -31,7 +31,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -100,15 +99,20 @@ class DocumentsGate:
 
 
 async def _bad_json_is_400(request: Request, exc: Exception) -> JSONResponse:
-    """Malformed JSON is a 400; every other validation error keeps FastAPI's 422 with its `loc`."""
+    """Malformed JSON is a 400; every other validation error is a 422 with each error's `loc`, `msg` and `type`.
+
+    The body never echoes the request's input: it may hold anything (a lone surrogate
+    cannot even be encoded back), and the client has it already.
+    """
     assert isinstance(exc, RequestValidationError)
     for error in exc.errors():
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "JSON decode error")
             return JSONResponse({"detail": f"malformed JSON: {reason} (at character {error['loc'][-1]})"}, status_code=400)
-    response = await request_validation_exception_handler(request, exc)
-    assert isinstance(response, JSONResponse)
-    return response
+    detail = [{"loc": [p if isinstance(p, int) else str(p).encode("utf-8", "replace").decode("utf-8") for p in error.get("loc", ())],
+               "msg": str(error.get("msg", "")).encode("utf-8", "replace").decode("utf-8"), "type": str(error.get("type", ""))}
+              for error in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def mount_routers(app: FastAPI, spec: PipelineSpec, database_url: str | None, token: str | None = None) -> list[str]:
