@@ -281,7 +281,7 @@ class DashboardStore:
         res, docs = tables.results, tables.documents
         query = (sa.select(res.c.id, res.c.doc_id, res.c.label, res.c.score, res.c.output, res.c.model_version, res.c.updated_at,
                            sa.func.substr(docs.c.text, 1, 400).label("text"))
-                 .select_from(res.outerjoin(docs, docs.c.doc_id == res.c.doc_id))
+                 .select_from(res.outerjoin(docs, (docs.c.pipeline == res.c.pipeline) & (docs.c.doc_id == res.c.doc_id)))
                  .where(res.c.pipeline == pipeline, res.c.stage == stage).order_by(res.c.id.desc()).limit(_page(limit)))
         if before is not None:
             query = query.where(res.c.id < before)
