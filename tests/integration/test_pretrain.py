@@ -76,6 +76,8 @@ def test_pretrain_lowers_heldout_perplexity(topic_family: Path, shared_data: Pat
     meta = loading.read_metadata(out)
     assert meta["task"] == "mlm" and meta["metrics"] == report["metrics"] and meta["version"] == out.name
     assert json.loads((out / "config.json").read_text())["model_type"] == "roberta"
+    sets = {(s["name"], s["role"], s["task"], s["rows"]) for s in meta["references"]}
+    assert {(f"{out.name}.eval", "eval", "mlm", 40), (f"{out.name}.train", "train", "mlm", 360)} <= sets  # the held-out texts
 
     from worker.training.classify import train_classifier
 
