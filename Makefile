@@ -32,6 +32,7 @@ services:
 lint: install
 	$(BIN)/ruff check worker schemas tests infra/schemas setup.py
 	$(BIN)/mypy worker schemas
+	$(BIN)/lint-imports
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet infra/kubernetes/*.yaml
 	$(BIN)/python infra/schemas/kuberay.py validate infra/kuberay/*.yaml

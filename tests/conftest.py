@@ -45,7 +45,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The default models, built once if missing (`make models` builds them ahead)."""
-    from worker.models.defaults import build_defaults
+    from worker.lifecycle.defaults import build_defaults
 
     path = Path(os.environ.get("TEXTWORKER_MODELS_DIR", REPO / "models")).resolve()
     build_defaults(path, log_step=lambda message: None)

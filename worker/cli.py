@@ -1,32 +1,17 @@
-"""The `textworker` command line."""
+"""The `textworker` command line: parsing only; each command lives in `worker.commands` (shared output in `worker.console`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from worker.console import add_common, default_database_url, default_models_dir
 from worker.errors import TextworkerError
 from worker.logs import setup_logging
 
-DEFAULT_DB = "sqlite:///textworker.db"
-
-
-def default_database_url() -> str:
-    return os.environ.get("TEXTWORKER_DATABASE_URL") or DEFAULT_DB
-
-
-def default_models_dir() -> str:
-    return os.environ.get("TEXTWORKER_MODELS_DIR") or "models"
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default=os.environ.get("TEXTWORKER_LOG_LEVEL", "WARNING"), help="DEBUG, INFO, WARNING, ERROR")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or tables")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+_add_common = add_common
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--size", default="small", choices=["tiny", "small", "base"])
     m.add_argument("--vocab-size", type=int, default=8000)
     _add_common(m)
-    from worker.lifecycle import commands as lifecycle_commands
+    from worker.commands import lifecycle as lifecycle_commands
 
     lifecycle_commands.add_models_parsers(msub, _add_common)
     lifecycle_commands.add_parsers(sub, _add_common)
@@ -175,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_common(p)
 
-    from worker.dashboard.commands import add_dashboard_parser
+    from worker.commands.dashboard import add_dashboard_parser
 
     add_dashboard_parser(sub, _add_common)
 
@@ -197,35 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from worker import commands
-    from worker.dashboard import commands as dashboard_commands
-    from worker.lifecycle import commands as lifecycle_commands
-    from worker.lifecycle import review_commands
+    from worker.commands import bench, dashboard, demo, lifecycle, models, review, run, serve, training, validate
+    from worker.commands.pretrain import cmd_pretrain
     from worker.scaffold import cmd_init
-    from worker.serving import commands as serve_commands
     from worker.stages import STAGE_TYPES
-    from worker.training import commands as training_commands
-    from worker.training.pretrain import cmd_pretrain
 
     plugin_commands = {name: handler for plugin in STAGE_TYPES.values() for name, handler in plugin.commands.items()}
     return {
         **plugin_commands,
-        "run": dashboard_commands.run_with_metrics(commands.cmd_run),
-        "dashboard": dashboard_commands.cmd_dashboard,
-        "requeue": dashboard_commands.cmd_requeue,
-        "validate": commands.cmd_validate,
-        "train": training_commands.cmd_train,
-        "eval": training_commands.cmd_eval,
-        "models": commands.cmd_models,
-        "demo": commands.cmd_demo,
+        "run": dashboard.run_with_metrics(run.cmd_run),
+        "dashboard": dashboard.cmd_dashboard,
+        "requeue": dashboard.cmd_requeue,
+        "validate": validate.cmd_validate,
+        "train": training.cmd_train,
+        "eval": training.cmd_eval,
+        "models": models.cmd_models,
+        "demo": demo.cmd_demo,
         "init": cmd_init,
-        "bench": commands.cmd_bench,
-        "feedback": lifecycle_commands.cmd_feedback,
-        "finetune": lifecycle_commands.cmd_finetune,
-        "schedule": lifecycle_commands.cmd_schedule,
-        "review": review_commands.cmd_review,
+        "bench": bench.cmd_bench,
+        "feedback": lifecycle.cmd_feedback,
+        "finetune": lifecycle.cmd_finetune,
+        "schedule": lifecycle.cmd_schedule,
+        "review": review.cmd_review,
         "pretrain": cmd_pretrain,
-        "serve": serve_commands.cmd_serve,
+        "serve": serve.cmd_serve,
     }
 
 
@@ -240,14 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
-    """Print JSON for scripts (--json) or the human-readable text."""
-    if getattr(args, "json", False):
-        print(json.dumps(payload, indent=2, default=str))
-    elif not getattr(args, "quiet", False) or text.startswith("error"):
-        print(text)
 
 
 if __name__ == "__main__":

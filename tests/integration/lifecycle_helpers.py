@@ -36,8 +36,8 @@ def shuffled(rows: list[tuple[str, str]], seed: int = 7) -> list[tuple[str, str]
 
 def build_weak_spam(shared_data: Path, out_root: Path) -> Path:
     """A family `spam` whose only version learnt from the first 40 SMS labels for one short epoch."""
+    from worker.lifecycle.defaults import finish_version
     from worker.models import loading
-    from worker.models.defaults import finish_version
     from worker.training.classify import train_classifier
 
     family = out_root / "spam"

@@ -160,7 +160,7 @@ def test_local_run_follows_pointer_promotion_and_rollback(family: Path, expected
         (lambda: loading.set_current_version(family, family / "v1"), "spam@v1"),  # rollback
     ]
     source = PromotingSource(sqlite_url, steps)
-    with caplog.at_level(logging.INFO, logger="worker.models.swap"):
+    with caplog.at_level(logging.INFO, logger="worker.engine.swap"):
         summary = _run(_spec(family, sqlite_url), source)
     _check(sqlite_url, summary, source.count, expected, ["spam@v1", "spam@v2", "spam@v1"])
     swaps = [(r.old_version, r.new_version) for r in caplog.records if r.getMessage() == "model swapped"]  # type: ignore[attr-defined]
@@ -183,7 +183,7 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(family: Path, ex
 
     steps = [(lambda: None, "spam@v1"), (break_then_wait, "spam@v1"), (promote_after_error, "spam@v2")]
     source = PromotingSource(sqlite_url, steps)
-    with caplog.at_level(logging.INFO, logger="worker.models.swap"):
+    with caplog.at_level(logging.INFO, logger="worker.engine.swap"):
         summary = _run(_spec(family, sqlite_url), source)
     assert errors() == 1  # logged once; the same broken version is not retried before retry_s
     _check(sqlite_url, summary, source.count, expected, ["spam@v1", "spam@v2"])

@@ -141,8 +141,8 @@ def test_metrics_endpoint_matches_the_run_and_sql(models_dir: Path, sqlite_url: 
 
 @pytest.mark.slow
 def test_requeue_sends_marked_letters_through_again(models_dir: Path, sqlite_url: str, tmp_path: Path) -> None:
-    from worker.commands import cmd_run
-    from worker.dashboard.commands import cmd_requeue
+    from worker.commands.dashboard import cmd_requeue
+    from worker.commands.run import cmd_run
 
     strict = pipeline_file(tmp_path, models_dir, sqlite_url, max_chars=300, name="strict.yaml")
     common = {"database_url": sqlite_url, "quiet": True, "json": True, "runtime": "local", "address": None, "chunk_size": 64, "limit": None}
@@ -211,8 +211,8 @@ def test_ray_driver_metrics_cover_the_actors_work(ray_session: None, models_dir:
 
 
 def test_eval_reports_progress_row_by_row(models_dir: Path) -> None:
+    from worker.commands.training import evaluate_stage
     from worker.config import load_pipeline
-    from worker.training.commands import evaluate_stage
 
     spec = load_pipeline(REPO / "pipelines" / "demo.yaml", env={"TEXTWORKER_MODELS_DIR": str(models_dir)})
     seen: list[int] = []

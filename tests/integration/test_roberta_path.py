@@ -9,7 +9,7 @@ import pytest
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
 from worker.engine.stage_call import run_stage
-from worker.models.defaults import SEED_DIR
+from worker.lifecycle.defaults import SEED_DIR
 from worker.models.roberta import build_roberta, build_roberta_seq2seq
 from worker.stages import build_stage
 

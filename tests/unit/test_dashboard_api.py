@@ -200,7 +200,7 @@ def test_window_and_bucket_parsing() -> None:
 
 
 def test_a_token_is_required_off_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.dashboard.commands import cmd_dashboard
+    from worker.commands.dashboard import cmd_dashboard
     from worker.errors import TextworkerError
 
     monkeypatch.delenv("TEXTWORKER_TOKEN", raising=False)

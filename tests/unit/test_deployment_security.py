@@ -46,8 +46,8 @@ def test_compose_publishes_nothing_on_all_interfaces_and_requires_a_token() -> N
 def test_the_compose_serve_command_starts_with_the_compose_token(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the serve container runs gets past the CLI's checks with the stack's environment, and not without the token."""
     from worker.cli import build_parser
+    from worker.commands.serve import serve_settings
     from worker.config import load_pipeline
-    from worker.serving.commands import serve_settings
 
     service = _compose()["services"]["serve"]
     args = build_parser().parse_args(service["command"])
@@ -124,7 +124,7 @@ def test_database_urls_are_shown_without_their_password(url: str, shown: str) ->
 def test_serve_prints_the_database_url_without_its_password() -> None:
     from worker.serving.settings import ServeSettings
 
-    source = (REPO / "worker" / "serving" / "commands.py").read_text()
+    source = (REPO / "worker" / "commands" / "serve.py").read_text()
     assert "hide_password(settings.database_url)" in source and "{settings.database_url}" not in source
     settings = ServeSettings(database_url="postgresql://u:pw-4c1d@db/textworker")
     assert "pw-4c1d" not in repr(settings) and "pw-4c1d" not in str(settings)
@@ -235,8 +235,8 @@ def test_the_shared_loader_forces_safetensors_and_no_remote_code(tmp_path: Path)
 
 
 def test_a_registry_champion_outside_its_family_is_not_loaded(tmp_path: Path) -> None:
+    from worker.engine.swap import ChampionLookup, LookupFailed
     from worker.lifecycle.registry import ModelRegistry
-    from worker.models.swap import ChampionLookup, LookupFailed
 
     family = tmp_path / "models" / "spam"
     inside, outside = family / "v2", tmp_path / "elsewhere" / "spam-v9"

@@ -114,7 +114,7 @@ def test_the_registry_keeps_each_versions_sets_with_their_rows(tmp_path: Path) -
 @pytest.mark.parametrize(("task", "seed_file", "rows"), [("spam", "spam.tsv", 332), ("qa", "qa.jsonl", 200),
                                                          ("translate", "translation.jsonl", 685), ("mlm", "sentiment.tsv", 360)])
 def test_every_default_model_kind_records_its_seed_data_as_a_train_set(tmp_path: Path, task: str, seed_file: str, rows: int) -> None:
-    from worker.models.defaults import SEED_DIR, finish_version
+    from worker.lifecycle.defaults import SEED_DIR, finish_version
 
     version = _version(tmp_path, "v0-seed")
     finish_version(version, name=task, task=task, base="builtin:minilm", data=SEED_DIR / seed_file, info={}, version="v0-seed")

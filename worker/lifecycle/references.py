@@ -75,7 +75,7 @@ def _read_pairs(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any
 
 
 def _read_texts(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any]:
-    from worker.training.commands import read_texts
+    from worker.training.data import read_texts
 
     return list(read_texts(Path(path)))
 

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from worker.errors import TextworkerError
 from worker.models import loading
 from worker.sinks import tables
+from worker.sinks.registry_read import ChampionRef, champion  # noqa: F401 - re-exported: the registry's read side
 from worker.sinks.sql import make_engine, migrate, normalise_url
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,6 @@ class RegistryError(TextworkerError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to...)."""
 
     code = "TW501"
-
-
-@dataclass(frozen=True)
-class ChampionRef:
-    """What a running stage needs to switch models: the version string results carry and where the weights are."""
-
-    name: str
-    version: str
-    artifact_path: str
-    registry_version: str
 
 
 @dataclass(frozen=True)
@@ -114,26 +105,6 @@ def open_engine(url: str) -> Engine:
     engine = make_engine(normalise_url(url))
     migrate(engine)
     return engine
-
-
-def champion(engine: Engine, name: str) -> ChampionRef | None:
-    """The champion of model family `name`, or None when the family has none (or no registry tables yet)."""
-    query = sa.select(_reg.c.version, _reg.c.artifact_path, _reg.c.train_config).where(
-        _reg.c.name == name, _reg.c.status == CHAMPION
-    )
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(query.order_by(_reg.c.updated_at.desc()).limit(1)).first()
-    except sa.exc.ProgrammingError:
-        return None
-    except sa.exc.OperationalError as exc:
-        if "no such table" in str(exc):
-            return None
-        raise
-    if row is None:
-        return None
-    model_version = (row.train_config or {}).get("model_version") or f"{name}@{row.version}"
-    return ChampionRef(name=name, version=str(model_version), artifact_path=row.artifact_path, registry_version=row.version)
 
 
 def family_dir(model_ref: str) -> Path | None:

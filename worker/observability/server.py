@@ -106,8 +106,8 @@ def run_with_metrics(handler: Callable[[argparse.Namespace], int]) -> Callable[[
 
 
 def _database_url(args: argparse.Namespace) -> str | None:
-    from worker.commands import database_url
     from worker.config import load_pipeline
+    from worker.console import database_url
 
     try:
         return database_url(args, load_pipeline(args.pipeline))

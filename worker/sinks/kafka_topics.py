@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource
-from worker.sources.kafka import client_config
+from worker.kafka_client import client_config
 
 log = logging.getLogger(__name__)
 PUBLISHED_SUFFIX = ":published"

@@ -72,7 +72,7 @@ class HFStage:
         self.tokenizer: Any = None
         self.device = "cpu"
         self.ref: loading.ModelRef | None = None
-        self.swapper: Any = None  # a worker.models.swap.ModelSwapper, set by follow_champions
+        self.swapper: Any = None  # a worker.engine.swap.ModelSwapper, set by follow_champions
 
     # ------------------------------------------------------------------ loading
 

@@ -31,7 +31,7 @@ class QuestionAnswerStage(HFStage):
         return questions
 
     def run(self, docs: list[Document], context: Context) -> list[Outcome]:
-        from worker.training.qa import answer_questions
+        from worker.stages.qa_windows import answer_questions
 
         items: list[tuple[str, str]] = []
         owners: list[int] = []

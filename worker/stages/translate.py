@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 
 from schemas.documents import Document, StageResult
 from schemas.pipeline import TranslateStage
@@ -68,6 +69,70 @@ def split_chunks(text: str, max_chars: int) -> list[str]:
     return chunks
 
 
+def _max_source_len(model: Any, tokenizer: Any) -> int:
+    limit = getattr(model.config, "max_position_embeddings", None) or 512
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    return min(limit, tok_limit) if isinstance(tok_limit, int) and tok_limit > 0 else limit
+
+
+def translate_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    prefix: str = "",
+    batch_size: int = 32,
+    forced_bos_token_id: int | None = None,
+    max_tokens: int | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[str]:
+    """Translate ``texts`` (results in input order, always ``str``) in token-budget batches.
+
+    Sources are grouped by length under a budget of ``max_tokens`` source positions per batch (at most
+    ``batch_size`` texts), so padding stays small. Inputs longer than the model's positions are truncated.
+    ``max_new_tokens`` is capped by the model's positions and by ``2 * longest source in the batch + 10``
+    tokens; other decoding settings come from ``model.generation_config``. ``stats`` (when given)
+    accumulates source ``real_tokens``/``padded_tokens``, ``generated_tokens`` and ``batches``.
+    """
+    import torch
+
+    from worker.stages.batching import plan_batches
+
+    if not texts:
+        return []
+    max_src = _max_source_len(model, tokenizer)
+    max_new = max(1, min(max_new_tokens, getattr(model.config, "max_position_embeddings", 10**9) - 1))
+    sources = [prefix + t for t in texts]
+    lengths = [len(ids) for ids in tokenizer(sources, truncation=True, max_length=max_src)["input_ids"]]
+    plan = plan_batches(lengths, max_tokens or batch_size * max(lengths), batch_size)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    results = [""] * len(texts)
+    generated = 0
+    extra = {"forced_bos_token_id": forced_bos_token_id} if forced_bos_token_id is not None else {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for idx in plan.batches:
+                enc = tokenizer([sources[i] for i in idx], return_tensors="pt", padding=True,
+                                truncation=True, max_length=max_src).to(model.device)
+                bound = min(max_new, 2 * max(lengths[i] for i in idx) + 10)
+                out = cast(Any, model).generate(**enc, max_new_tokens=bound, num_beams=num_beams, do_sample=False, **extra)
+                generated += int((out != pad_id).sum()) if pad_id is not None else int(out.numel())
+                for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
+                    results[i] = text.strip()
+    finally:
+        model.train(was_training)
+    if stats is not None:
+        stats["real_tokens"] = stats.get("real_tokens", 0) + plan.real_tokens
+        stats["padded_tokens"] = stats.get("padded_tokens", 0) + plan.padded_tokens
+        stats["generated_tokens"] = stats.get("generated_tokens", 0) + generated
+        stats["batches"] = stats.get("batches", 0) + len(plan.batches)
+    return results
+
+
 class TranslateTextStage(HFStage):
     """label = target language, output.translation = the translated text."""
 
@@ -81,8 +146,6 @@ class TranslateTextStage(HFStage):
             self.forced_bos = lang_ids[self.spec.target_lang]
 
     def run(self, docs: list[Document], context: Context) -> list[Outcome]:
-        from worker.training.translation import translate_texts
-
         outcomes: list[Outcome | None] = [None] * len(docs)
         chunks: list[str] = []
         owners: list[int] = []

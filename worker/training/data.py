@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -66,3 +67,24 @@ def load_labelled(path: str | Path, labels: Sequence[str] | None = None, limit: 
     if len(set(golds)) > MAX_LABELS:
         raise DataFileError(f"{path}: {len(set(golds))} distinct labels; is this a text<TAB>label file?")
     return texts, golds
+
+
+def read_texts(path: Path) -> list[str]:
+    """Texts from a TSV (longest column), JSONL (`text`/`context`/`en`) or plain-text file."""
+    texts: list[str] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            value = next((row[k] for k in ("text", "context", "en", "de") if isinstance(row, dict) and k in row), None)
+            if isinstance(value, str):
+                texts.append(value)
+        elif path.suffix == ".tsv":
+            texts.append(max(line.split("\t"), key=len))
+        else:
+            texts.append(line)
+    return texts

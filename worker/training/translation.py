@@ -16,7 +16,7 @@ import string
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from worker.stages.translate import _max_source_len, translate_texts  # noqa: F401 - translate_texts re-exported
 from worker.training import cpu_has_bf16
 
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
@@ -127,12 +128,6 @@ def build_scratch_model(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-def _max_source_len(model: PreTrainedModel, tokenizer: Any) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or 512
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    return min(limit, tok_limit) if isinstance(tok_limit, int) and tok_limit > 0 else limit
 
 
 def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -261,62 +256,6 @@ def train_translation(
                    "label_smoothing": 0.1, "bf16_autocast": bf16, "n_parameters": sum(p.numel() for p in model.parameters())},
         "metrics": metrics,
     }
-
-
-def translate_texts(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    texts: list[str],
-    *,
-    max_new_tokens: int = 128,
-    num_beams: int = 1,
-    prefix: str = "",
-    batch_size: int = 32,
-    forced_bos_token_id: int | None = None,
-    max_tokens: int | None = None,
-    stats: dict[str, int] | None = None,
-) -> list[str]:
-    """Translate ``texts`` (results in input order, always ``str``) in token-budget batches.
-
-    Sources are grouped by length under a budget of ``max_tokens`` source positions per batch (at most
-    ``batch_size`` texts), so padding stays small. Inputs longer than the model's positions are truncated.
-    ``max_new_tokens`` is capped by the model's positions and by ``2 * longest source in the batch + 10``
-    tokens; other decoding settings come from ``model.generation_config``. ``stats`` (when given)
-    accumulates source ``real_tokens``/``padded_tokens``, ``generated_tokens`` and ``batches``.
-    """
-    from worker.stages.batching import plan_batches
-
-    if not texts:
-        return []
-    max_src = _max_source_len(model, tokenizer)
-    max_new = max(1, min(max_new_tokens, getattr(model.config, "max_position_embeddings", 10**9) - 1))
-    sources = [prefix + t for t in texts]
-    lengths = [len(ids) for ids in tokenizer(sources, truncation=True, max_length=max_src)["input_ids"]]
-    plan = plan_batches(lengths, max_tokens or batch_size * max(lengths), batch_size)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    results = [""] * len(texts)
-    generated = 0
-    extra = {"forced_bos_token_id": forced_bos_token_id} if forced_bos_token_id is not None else {}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for idx in plan.batches:
-                enc = tokenizer([sources[i] for i in idx], return_tensors="pt", padding=True,
-                                truncation=True, max_length=max_src).to(model.device)
-                bound = min(max_new, 2 * max(lengths[i] for i in idx) + 10)
-                out = cast(Any, model).generate(**enc, max_new_tokens=bound, num_beams=num_beams, do_sample=False, **extra)
-                generated += int((out != pad_id).sum()) if pad_id is not None else int(out.numel())
-                for i, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
-                    results[i] = text.strip()
-    finally:
-        model.train(was_training)
-    if stats is not None:
-        stats["real_tokens"] = stats.get("real_tokens", 0) + plan.real_tokens
-        stats["padded_tokens"] = stats.get("padded_tokens", 0) + plan.padded_tokens
-        stats["generated_tokens"] = stats.get("generated_tokens", 0) + generated
-        stats["batches"] = stats.get("batches", 0) + len(plan.batches)
-    return results
 
 
 def evaluate_translation(

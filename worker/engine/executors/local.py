@@ -9,7 +9,7 @@ from schemas.documents import Document
 from schemas.pipeline import PipelineSpec
 from worker.engine.core import Context, Outcome
 from worker.engine.stage_call import run_stage
-from worker.models.swap import follow_champions
+from worker.engine.swap import follow_champions
 from worker.stages import Stage, build_stage
 
 

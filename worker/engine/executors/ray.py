@@ -73,8 +73,8 @@ class StageActor:
     def __init__(self, spec: Any, device: str, database_url: str | None = None) -> None:
         import torch
 
+        from worker.engine.swap import follow_champions
         from worker.logs import setup_logging
-        from worker.models.swap import follow_champions
         from worker.stages import build_stage
 
         setup_logging(os.environ.get("TEXTWORKER_LOG_LEVEL", "WARNING"))

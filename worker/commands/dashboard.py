@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from worker.cli import default_database_url, emit
+from worker.console import default_database_url, emit
 from worker.errors import TextworkerError
 from worker.observability.auth import check_bind, resolve_token
 from worker.observability.server import run_with_metrics
@@ -70,8 +70,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     from worker.assembly import build_engine
-    from worker.commands import _progress_bar, render_summary
     from worker.config import load_pipeline
+    from worker.console import progress_bar as _progress_bar
+    from worker.console import render_summary
     from worker.engine.batch import run_pipeline
     from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -12,35 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from schemas.pipeline import ClassifyStage, PipelineSpec, QaStage, SpamStage, TranslateStage
-from worker.cli import default_models_dir, emit
 from worker.config import load_pipeline
+from worker.console import default_models_dir, emit
 from worker.errors import DataFileError, TextworkerError
+from worker.lifecycle.defaults import finish_version
 from worker.lifecycle.references import read_examples
 from worker.models import loading
-from worker.models.defaults import finish_version
+from worker.training.data import read_texts  # noqa: F401 - re-exported
 
 StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
-
-
-def read_texts(path: Path) -> list[str]:
-    """Texts from a TSV (longest column), JSONL (`text`/`context`/`en`) or plain-text file."""
-    texts: list[str] = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        if path.suffix in (".jsonl", ".json"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            value = next((row[k] for k in ("text", "context", "en", "de") if isinstance(row, dict) and k in row), None)
-            if isinstance(value, str):
-                texts.append(value)
-        elif path.suffix == ".tsv":
-            texts.append(max(line.split("\t"), key=len))
-        else:
-            texts.append(line)
-    return texts
 
 
 def stage_labels(stage: StageSpec) -> list[str] | None:
@@ -217,8 +196,8 @@ def evaluate_references(stage: StageSpec, model_dir: str, registry_sets: list[di
 
 def _eval_references(args: argparse.Namespace, spec: PipelineSpec, stage: StageSpec) -> int:
     """`eval --references`: the version a pipeline against this database loads (or --model), on all its reference sets."""
-    from worker.commands import database_url
-    from worker.models.swap import ChampionLookup, model_family
+    from worker.console import database_url
+    from worker.engine.swap import ChampionLookup, model_family
 
     started = time.perf_counter()
     registry_sets: list[dict[str, Any]] = []
@@ -230,7 +209,7 @@ def _eval_references(args: argparse.Namespace, spec: PipelineSpec, stage: StageS
         champion = ChampionLookup(family, url).champion() if family is not None else None
         location = champion.location if champion is not None else loading.resolve(stage.model).location
     if Path(location).is_dir():
-        from worker.lifecycle.commands import _registry_if_present
+        from worker.commands.lifecycle import _registry_if_present
 
         registry = _registry_if_present(url)
         if registry is not None:

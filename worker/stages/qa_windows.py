@@ -1,14 +1,14 @@
-"""Token windows for extractive QA: overlapping (question, context) windows, labels, batching, span decoding.
-
-Works with any fast tokenizer that supports ``return_offsets_mapping`` (WordPiece, byte-level BPE, ...).
-Offsets are character offsets into the (possibly cut) context, which is always a prefix of the original
-context, so they are valid for the original string too.
+"""Extractive QA inference: long contexts cut into overlapping question+context windows, scored in
+token-budget batches, the best span per item. Used by the `qa` stage, its training and its evaluation.
 """
 
 from __future__ import annotations
 
+import collections
+import inspect
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,3 +239,119 @@ def best_span(window: Window, start: np.ndarray, end: np.ndarray, max_answer_len
     log_pe = end.astype(np.float64) - np.logaddexp.reduce(end.astype(np.float64))
     prob = float(np.exp(log_ps[idx[a]] + log_pe[idx[b]]))
     return float(scores[a, b]), int(idx[a]), int(idx[b]), prob
+
+
+def _input_plan(model: Any, tokenizer: Any) -> tuple[int, Callable[[Sequence[Window]], bool]]:
+    """Pad id, and a predicate telling whether a batch may be fed token_type_ids."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = getattr(model.config, "pad_token_id", None) or 0
+    accepts = "token_type_ids" in inspect.signature(model.forward).parameters
+    type_vocab = getattr(model.config, "type_vocab_size", 0) or 0
+
+    def use_types(windows: Sequence[Window]) -> bool:
+        types = [t for w in windows if w.token_type_ids is not None for t in w.token_type_ids]
+        return accepts and bool(types) and max(types) < type_vocab
+
+    return pad_id, use_types
+
+
+def _max_positions(model: Any, max_length: int) -> int:
+    """``max_length`` capped by the model's position embeddings (RoBERTa-style models reserve two)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return max_length
+    if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    return min(max_length, int(limit))
+
+
+def _forward(
+    model: Any, tokenizer: Any, windows: list[Window], batch_size: int, max_tokens: int | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Start/end logits (float32, trimmed to each window's length) for every window, in input order.
+
+    Windows are grouped by a token budget (``max_tokens`` positions per batch, at most ``batch_size``
+    windows) over length-sorted windows, so short windows are not padded to long ones. ``stats``
+    (when given) accumulates ``real_tokens``, ``padded_tokens`` and ``batches``.
+    """
+    from worker.stages.batching import plan_batches
+
+    pad_id, use_types = _input_plan(model, tokenizer)
+    lengths = [len(w.input_ids) for w in windows]
+    budget = max_tokens or batch_size * max(lengths, default=1)
+    plan = plan_batches(lengths, budget, batch_size)
+    out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(windows)  # type: ignore[list-item]
+    for idx in plan.batches:
+        chunk = [windows[i] for i in idx]
+        batch = collate(chunk, pad_id, use_types(chunk), labels=False)
+        result = model(**{k: v.to(model.device) for k, v in batch.items()})
+        starts = result.start_logits.float().cpu().numpy()
+        ends = result.end_logits.float().cpu().numpy()
+        for r, i in enumerate(idx):
+            n = lengths[i]
+            out[i] = (starts[r, :n], ends[r, :n])
+    if stats is not None:
+        stats["real_tokens"] = stats.get("real_tokens", 0) + plan.real_tokens
+        stats["padded_tokens"] = stats.get("padded_tokens", 0) + plan.padded_tokens
+        stats["batches"] = stats.get("batches", 0) + len(plan.batches)
+    return out
+
+
+def answer_questions(
+    model: Any,
+    tokenizer: Any,
+    items: list[tuple[str, str]],
+    *,
+    max_length: int = 384,
+    stride: int = 128,
+    max_answer_length: int = 30,
+    batch_size: int = 32,
+    max_windows: int = 64,
+    no_answer_threshold: float | None = None,
+    max_tokens: int | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[dict]:
+    """Answer (question, context) items; one dict per item, in input order.
+
+    Keys: answer (exact context substring), start/end (char offsets, -1 when no answer), score (0..1),
+    no_answer, windows (windows scored), truncated (context cut to fit ``max_windows`` windows).
+    With ``no_answer_threshold`` set, no_answer is True when the null (CLS) score beats the best span
+    score by more than the threshold. Blank contexts always give no_answer.
+    """
+    questions = [q for q, _ in items]
+    contexts = [c for _, c in items]
+    windows, truncated = build_windows(
+        tokenizer, questions, contexts, max_length=_max_positions(model, max_length), stride=stride, max_windows=max_windows
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = _forward(model, tokenizer, windows, batch_size, max_tokens, stats)
+    finally:
+        model.train(was_training)
+    best: dict[int, tuple[float, int, int, float]] = {}
+    null: dict[int, float] = {}
+    count: dict[int, int] = collections.Counter()
+    for w, (start, end) in zip(windows, logits):
+        count[w.item] += 1
+        null[w.item] = min(null.get(w.item, math.inf), float(start[w.cls_index] + end[w.cls_index]))
+        span = best_span(w, start, end, max_answer_length)
+        if span is not None and (w.item not in best or span[0] > best[w.item][0]):
+            best[w.item] = (span[0], w.offsets[span[1]][0], w.offsets[span[2]][1], span[3])  # type: ignore[index]
+    results = []
+    for i, context in enumerate(contexts):
+        res = {"answer": "", "start": -1, "end": -1, "score": 0.0, "no_answer": True, "windows": count[i], "truncated": truncated[i]}
+        if i in best:
+            score, a, b, prob = best[i]
+            while a < b and context[a].isspace():
+                a += 1
+            while b > a and context[b - 1].isspace():
+                b -= 1
+            abstain = no_answer_threshold is not None and null[i] - score > no_answer_threshold
+            if a < b and not abstain:
+                res.update(answer=context[a:b], start=a, end=b, score=min(1.0, max(0.0, prob)), no_answer=False)
+        results.append(res)
+    return results

@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from worker.cli import default_database_url, default_models_dir, emit
 from worker.config import load_pipeline
+from worker.console import default_database_url, default_models_dir, emit
 from worker.errors import TextworkerError
 from worker.lifecycle.registry import ModelRecord, ModelRegistry, RegistryError
 from worker.models import loading
@@ -79,7 +79,7 @@ def add_models_parsers(msub: Any, add_common: Callable[[argparse.ArgumentParser]
 
 
 def _database_url(args: argparse.Namespace, spec: Any) -> str:
-    from worker.commands import database_url
+    from worker.console import database_url
 
     return database_url(args, spec)
 
@@ -199,7 +199,7 @@ def registry_rows(disk: list[dict[str, Any]], records: list[ModelRecord]) -> lis
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from worker.commands import _headline, list_models
+    from worker.commands.models import _headline, list_models
 
     disk = list_models(Path(args.dir))
     registry = _registry_if_present(args.database_url)

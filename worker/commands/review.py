@@ -6,9 +6,8 @@ import argparse
 from typing import Any
 
 from schemas.pipeline import ClassifyStage, SpamStage
-from worker.cli import emit
-from worker.commands import database_url
 from worker.config import load_pipeline
+from worker.console import database_url, emit
 from worker.lifecycle import review
 from worker.sinks.sql import make_engine, migrate, normalise_url
 

@@ -15,7 +15,7 @@ Guarantees:
 - a version that fails to load (or does not fit the stage: other labels, no head) is
   logged as an error and the old version keeps serving; the same version is tried
   again after `retry_seconds`. A database that cannot be read leaves the model as is.
-Works wherever `HFStage.process` runs: in process, in Ray actors, in the Kafka worker.
+Works wherever the engine runs stage calls (`worker.engine.stage_call`): in process, in Ray actors, in Serve replicas.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from worker.models import loading
 
-if TYPE_CHECKING:
-    from worker.stages.base import HFStage
+HFStage = Any  # a stage with `spec`, `ref`, `model_version`, `stats`, `prepared()` and `adopt()` (worker.stages.base.HFStage)
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +79,14 @@ class ChampionLookup:
             return None
         import sqlalchemy as sa
 
-        from worker.lifecycle import registry
+        from worker.sinks import registry_read
 
         try:
             if self._engine is None:
                 from worker.sinks.sql import make_engine, normalise_url
 
                 self._engine = make_engine(normalise_url(self.database_url))
-            ref = registry.champion(self._engine, self.name)
+            ref = registry_read.champion(self._engine, self.name)
         except sa.exc.SQLAlchemyError as exc:
             raise LookupFailed(str(exc).splitlines()[0][:300]) from exc
         if ref is None:
@@ -190,17 +189,15 @@ class ModelSwapper:
         log.info("model swapped", extra={"stage": self.stage.name, "old_version": old, "new_version": self.stage.model_version})
 
 
-def follow_champions(stages: Iterable[object], database_url: str | None) -> None:
+def follow_champions(stages: Iterable[Any], database_url: str | None) -> None:
     """Give every stage whose model is a family a swapper, so it starts on the champion of the run's registry.
 
     With `swap_check_seconds` set the stage also switches to later champions; with it null
     (hot swap off) it only starts on the registry's champion and keeps it. Without a
     database the family's `current` file decides. Call before the stages load.
     """
-    from worker.stages.base import HFStage
-
     for stage in stages:
-        if not isinstance(stage, HFStage) or stage.swapper is not None:
+        if not hasattr(stage, "prepared") or getattr(stage, "swapper", None) is not None:
             continue
         every = stage.spec.swap_check_seconds
         family = model_family(stage.spec.model)

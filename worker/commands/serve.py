@@ -16,7 +16,7 @@ from worker.errors import TextworkerError
 def serve_settings(args: argparse.Namespace, spec: Any) -> Any:
     from pydantic import SecretStr
 
-    from worker.commands import database_url
+    from worker.console import database_url
     from worker.observability.auth import check_bind, resolve_token
     from worker.serving.settings import ServeSettings
 

@@ -1,0 +1,30 @@
+"""`textworker bench`: a stage's throughput against plain transformers, Ray Data and the FLOP limit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from worker.config import load_pipeline
+from worker.console import emit
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from worker.bench import render_bench, run_bench
+
+    spec = load_pipeline(args.pipeline)
+    if args.quiet:
+        result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), lambda message: None)
+    else:
+        from tqdm import tqdm
+
+        # One step per contender; each contender's docs/s is printed above the bar as it finishes.
+        with tqdm(total=len(args.only), unit=" contenders", dynamic_ncols=True, file=sys.stderr) as bar:
+            def say(message: str) -> None:
+                bar.write(message, file=sys.stderr)
+                if message.startswith("  "):
+                    bar.update(1)
+
+            result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say)
+    emit(args, result, render_bench(result))
+    return 0

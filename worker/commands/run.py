@@ -1,0 +1,66 @@
+"""`textworker run`: a pipeline over its source (files, or Kafka until stopped) into SQL, on an engine for `--runtime`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from schemas.pipeline import FileSource, KafkaSource, PipelineSpec
+from worker.config import load_pipeline
+from worker.console import database_url, emit, progress_bar, render_summary
+from worker.errors import TextworkerError
+
+
+def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
+    """The pipeline's source; --input PATH reads files instead, whatever the source type."""
+    if isinstance(spec.source, FileSource):
+        from worker.sources.files import FileDocumentSource
+
+        return FileDocumentSource(spec.source, input_path)
+    if input_path:
+        from worker.sources.files import FileDocumentSource
+
+        return FileDocumentSource(FileSource(path=input_path), input_path)
+    if isinstance(spec.source, KafkaSource):
+        from worker.sources.kafka import KafkaDocumentSource
+
+        return KafkaDocumentSource(spec.source)
+    raise TextworkerError(f"source type `{spec.source.type}` is not supported by `run` yet", hint="use a file source or --input PATH")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.assembly import build_engine
+    from worker.engine.batch import run_pipeline
+    from worker.engine.runs import new_run_id
+    from worker.sinks.sql import SqlResultSink
+
+    spec = load_pipeline(args.pipeline)
+    url = database_url(args, spec)
+    runtime = getattr(args, "runtime", "local")
+    engine = build_engine(spec, runtime, database_url=url, address=getattr(args, "address", None))
+    if isinstance(spec.source, KafkaSource) and not args.input:
+        from worker.engine.stream import StreamOptions, run_stream
+
+        try:
+            options = StreamOptions.from_args(args)
+        except ValueError as exc:
+            raise TextworkerError(f"bad replay range: {exc}", hint="offsets >= 0, ISO 8601 times, from before until") from exc
+        stream_summary = run_stream(spec, url, options, engine, meta={"runtime": runtime})
+        emit(args, stream_summary.as_dict(), render_summary(stream_summary.as_dict()))
+        return 0
+    source = make_source(spec, args.input)
+    sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
+    bar = progress_bar(args, "documents")
+    try:
+        summary = run_pipeline(
+            spec, source, sink, engine, limit=args.limit, chunk_size=args.chunk_size,
+            on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None, meta={"runtime": runtime},
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.close()
+        source.close()
+        sink.close()
+    emit(args, summary.as_dict(), render_summary(summary.as_dict()))
+    return 0
