@@ -199,7 +199,7 @@ def registry_rows(disk: list[dict[str, Any]], records: list[ModelRecord]) -> lis
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from worker.commands.models import _headline, list_models
+    from worker.models.catalog import _headline, list_models
 
     disk = list_models(Path(args.dir))
     registry = _registry_if_present(args.database_url)

@@ -34,60 +34,12 @@ from typing import Any, Protocol
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
+from worker.engine.chunks import Chunk, ChunkInput, Context, Outcome, stage_error_letters, unique_docs  # noqa: F401 - re-exported
 from worker.engine.conditions import holds
 from worker.engine.hooks import Hook, HookList
 
 log = logging.getLogger(__name__)
-Context = dict[str, dict[str, StageResult]]
-Outcome = StageResult | DeadLetter
 MAX_LABELS = 64  # distinct labels counted per stage; the rest are "(other)" (QA answers are not labels)
-
-
-def stage_error_letters(docs: Sequence[Document], stage: str, exc: BaseException) -> list[DeadLetter]:
-    """A failed stage call, as one `stage_error` dead letter per document of the call."""
-    detail = f"{type(exc).__name__}: {str(exc)[:400]}"
-    return [DeadLetter(ref=d.id, stage=stage, reason="stage_error", detail=detail, payload=d.text[:2000]) for d in docs]
-
-
-@dataclass
-class ChunkInput:
-    """What a driver hands the engine: documents, the source's dead letters, and its own payload (offsets...)."""
-
-    docs: list[Document]
-    letters: list[DeadLetter] = field(default_factory=list)
-    items: int = 0
-    payload: Any = None
-
-
-@dataclass
-class Chunk:
-    """One chunk on its way through the stages, and what came of it."""
-
-    seq: int
-    docs: list[Document]
-    letters: list[DeadLetter]
-    items: int
-    payload: Any = None
-    context: Context = field(default_factory=dict)
-    results: list[StageResult] = field(default_factory=list)
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-    reviews: list[Any] = field(default_factory=list)
-    next_stage: int = 0
-
-    @classmethod
-    def of(cls, seq: int, given: ChunkInput) -> Chunk:
-        docs, letters = unique_docs(given.docs, given.letters)
-        return cls(seq, docs, letters, given.items or len(given.docs) + len(given.letters), given.payload,
-                   context={d.id: {} for d in docs}, skipped={d.id: [] for d in docs})
-
-
-def unique_docs(docs: Iterable[Document], letters: Iterable[DeadLetter] = ()) -> tuple[list[Document], list[DeadLetter]]:
-    """A repeated id within one chunk keeps its last copy (one row per document and stage)."""
-    unique: dict[str, Document] = {}
-    for doc in docs:
-        unique.pop(doc.id, None)
-        unique[doc.id] = doc
-    return list(unique.values()), list(letters)
 
 
 @dataclass

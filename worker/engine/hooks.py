@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
-
-if TYPE_CHECKING:
-    from worker.engine.core import Chunk
+from worker.engine.chunks import Chunk
 
 log = logging.getLogger(__name__)
 
