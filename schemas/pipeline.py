@@ -149,6 +149,10 @@ class KafkaSource(StrictModel):
 
 SourceSpec = Annotated[FileSource | KafkaSource, Field(discriminator="type")]
 
+# Source spec classes by `type:` (the readers are registered in worker.sources.SOURCES).
+# `register_source_spec` adds one and rebuilds the pipeline schema's union of sources.
+SOURCE_SPECS: dict[str, type[StrictModel]] = {"file": FileSource, "kafka": KafkaSource}
+
 
 # --------------------------------------------------------------------------- conditions
 
@@ -520,6 +524,26 @@ def stage_union() -> Any:
     from typing import Union
 
     return Annotated[Union[tuple(STAGE_SPECS.values())], Field(discriminator="type")]  # noqa: UP007 - built at run time
+
+
+def _union(specs: dict[str, Any]) -> Any:
+    from typing import Union
+
+    return Annotated[Union[tuple(specs.values())], Field(discriminator="type")]  # noqa: UP007 - built at run time
+
+
+def register_source_spec(spec_class: type[StrictModel]) -> type[StrictModel]:
+    """Add a source type's spec class (its `type` literal is the key) and rebuild the pipeline schema."""
+    from pydantic.fields import FieldInfo
+
+    kind = spec_class.model_fields["type"].default
+    if not isinstance(kind, str) or not kind:
+        raise TypeError(f"{spec_class.__name__} needs a `type: Literal[...]` field with a default")
+    SOURCE_SPECS[kind] = spec_class
+    PipelineSpec.model_fields["source"] = FieldInfo.merge_field_infos(  # type: ignore[misc]
+        PipelineSpec.model_fields["source"], FieldInfo.from_annotation(_union(SOURCE_SPECS)))
+    PipelineSpec.model_rebuild(force=True)
+    return spec_class
 
 
 def register_stage_spec(spec_class: type[StageBase]) -> type[StageBase]:

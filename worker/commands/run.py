@@ -5,27 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from schemas.pipeline import FileSource, KafkaSource, PipelineSpec
+from schemas.pipeline import PipelineSpec
 from worker.config import load_pipeline
 from worker.console import database_url, emit, progress_bar, render_summary
 from worker.errors import TextworkerError
+from worker.sources import open_source, source_kind
 
 
 def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
-    """The pipeline's source; --input PATH reads files instead, whatever the source type."""
-    if isinstance(spec.source, FileSource):
-        from worker.sources.files import FileDocumentSource
-
-        return FileDocumentSource(spec.source, input_path)
-    if input_path:
-        from worker.sources.files import FileDocumentSource
-
-        return FileDocumentSource(FileSource(path=input_path), input_path)
-    if isinstance(spec.source, KafkaSource):
-        from worker.sources.kafka import KafkaDocumentSource
-
-        return KafkaDocumentSource(spec.source)
-    raise TextworkerError(f"source type `{spec.source.type}` is not supported by `run` yet", hint="use a file source or --input PATH")
+    """The pipeline's source from the sources registry; --input PATH reads files instead, whatever the source type."""
+    return open_source(spec.source, input_path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = database_url(args, spec)
     runtime = getattr(args, "runtime", "local")
     engine = build_engine(spec, runtime, database_url=url, address=getattr(args, "address", None))
-    if isinstance(spec.source, KafkaSource) and not args.input:
+    if source_kind(spec.source) == "stream" and not args.input:
         from worker.engine.stream import StreamOptions, run_stream
 
         try:
