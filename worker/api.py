@@ -60,7 +60,7 @@ class Pipeline:
             from worker.sinks.sql import SqlResultSink
 
             self._sink = SqlResultSink(sink, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
-            self._book = RunBook(spec, self._sink, self.engine, {"runtime": runtime, "source": "python"}).start()
+            self._book = RunBook(spec, self._sink, self.engine, {"runtime": runtime, "source": "python"}, bind_log=False).start()
 
     # ------------------------------------------------------------------ constructors
 

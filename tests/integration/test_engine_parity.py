@@ -30,8 +30,8 @@ ENTRIES = ["file-local", "file-ray", "kafka-local", "kafka-ray", "serve"]
 def _stages(models_dir: Path) -> list[Any]:
     return [
         ClassifyStage(name="sentiment", model=str(models_dir / "sentiment"), labels=["negative", "positive"], max_length=128,
-                      resources={"cpus": 0.5}),
-        SpamStage(name="spam", model=str(models_dir / "spam"), max_length=128, review=ReviewSpec(below=0.9, max_open=1000),
+                      review=ReviewSpec(below=0.97, max_open=1000), resources={"cpus": 0.5}),
+        SpamStage(name="spam", model=str(models_dir / "spam"), max_length=128, review=ReviewSpec(below=0.99, max_open=1000),
                   resources={"cpus": 0.5}),
         QaStage(name="qa", model=str(models_dir / "qa"), question_field="question", max_length=128, stride=32, max_windows=4,
                 when=Condition(stage="spam", op="eq", value="ham"), resources={"cpus": 0.5}),

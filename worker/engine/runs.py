@@ -55,8 +55,10 @@ class RunSummary:
 class RunBook:
     """One run of `engine` into `sink`: start, a record per stored chunk, finish (always)."""
 
-    def __init__(self, spec: PipelineSpec, sink: Any, engine: Engine, meta: dict[str, Any]) -> None:
+    def __init__(self, spec: PipelineSpec, sink: Any, engine: Engine, meta: dict[str, Any], *, bind_log: bool = True) -> None:
+        """`bind_log=False` where the run starts and ends in different contexts (a server's lifespan)."""
         self.spec, self.sink, self.engine = spec, sink, engine
+        self.bind_log = bind_log
         self.meta = meta
         self.summary = RunSummary(run_id=sink.run_id, pipeline=spec.name)
         self._started = 0.0
@@ -70,7 +72,8 @@ class RunBook:
         self._started = time.perf_counter()
         self.sink.start_run({"stages": [s.name for s in self.spec.stages], **self.meta})
         self.hooks.on_run_start(self.spec, self.sink.run_id)
-        self._log_scope = bind_log_context(run_id=self.sink.run_id, pipeline=self.spec.name)
+        if self.bind_log:
+            self._log_scope = bind_log_context(run_id=self.sink.run_id, pipeline=self.spec.name)
         return self
 
     def batch(self, chunk: Chunk, offsets: Sequence[Offset] = ()) -> SinkBatch:

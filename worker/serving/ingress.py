@@ -160,7 +160,7 @@ class DocumentsIngress:
             from worker.sinks.sql import SqlResultSink
 
             self.sink = SqlResultSink(settings.database_url, spec.name, "serve-" + new_run_id(), store_text=spec.sink.store_text).open()
-            self.book = RunBook(spec, self.sink, self.engine, {"runtime": "serve"}).start()
+            self.book = RunBook(spec, self.sink, self.engine, {"runtime": "serve"}, bind_log=False).start()
         self.served = {"requests": 0, "documents": 0, "rejected": 0}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
