@@ -32,11 +32,14 @@ def build_engine(spec: PipelineSpec, runtime: str = "local", *, database_url: st
 
 def run_source(spec: PipelineSpec, source: Any, sink: Any, *, runtime: str = "local", address: str | None = None,
                chunk_size: int = 256, limit: int | None = None, on_chunk: Any = None, stages: list[Any] | None = None,
-               meta: dict[str, Any] | None = None) -> Any:
-    """A finite source through a new engine on `runtime` into `sink`; returns the run summary."""
+               meta: dict[str, Any] | None = None, engine: Engine | None = None) -> Any:
+    """A finite source through an engine (a new one on `runtime` unless given) into `sink`; returns the run summary.
+
+    Closes the engine, the source and nothing else (the caller owns the sink).
+    """
     from worker.engine.batch import run_pipeline
 
-    engine = build_engine(spec, runtime, database_url=getattr(sink, "url", None), address=address, stages=stages)
+    engine = engine or build_engine(spec, runtime, database_url=getattr(sink, "url", None), address=address, stages=stages)
     try:
         return run_pipeline(spec, source, sink, engine, limit=limit, chunk_size=chunk_size, on_chunk=on_chunk,
                             meta={"runtime": runtime, **(meta or {})})

@@ -74,3 +74,13 @@ def render_summary(summary: dict[str, Any]) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary["dead_letter_reasons"].items()))
         lines.append(f"  dead-letter reasons: {reasons}")
     return "\n".join(lines)
+
+
+def run_with_bar(args: argparse.Namespace, unit: str, run: Any) -> Any:
+    """`run(on_chunk)` with a progress bar of input items (none with --quiet/--json); returns what it returns."""
+    bar = progress_bar(args, unit)
+    try:
+        return run((lambda items, docs: bar.update(items)) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -69,11 +69,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from worker.assembly import build_engine
+    from worker.assembly import run_source
     from worker.config import load_pipeline
-    from worker.console import progress_bar as _progress_bar
-    from worker.console import render_summary
-    from worker.engine.batch import run_pipeline
+    from worker.console import render_summary, run_with_bar
     from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink
     from worker.sources.requeue import RequeueSource
@@ -82,16 +80,12 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     url = _database_url(args, spec)
     source = RequeueSource(spec, url, limit=args.limit)
     sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
-    bar = _progress_bar(args, "letters")
-    engine = build_engine(spec, args.runtime, database_url=url, address=args.address)
     try:
-        summary = run_pipeline(spec, source, sink, engine, chunk_size=args.chunk_size, meta={"runtime": args.runtime, "source": "requeue"},
-                               on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None)
+        summary = run_with_bar(args, "letters", lambda on_chunk: run_source(
+            spec, source, sink, runtime=args.runtime, address=args.address, chunk_size=args.chunk_size, on_chunk=on_chunk,
+            meta={"source": "requeue"}))
         resolved = source.resolve()
     finally:
-        if bar is not None:
-            bar.close()
-        engine.close()
         source.close()
         sink.close()
     payload = {**summary.as_dict(), "requeued": len(source.taken), "resolved": resolved, "failed_again": len(source.taken) - resolved}

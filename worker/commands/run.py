@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas.pipeline import PipelineSpec
 from worker.config import load_pipeline
-from worker.console import database_url, emit, progress_bar, render_summary
+from worker.console import database_url, emit, render_summary, run_with_bar
 from worker.errors import TextworkerError
 from worker.sources import open_source, source_kind
 
@@ -18,8 +18,7 @@ def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.assembly import build_engine
-    from worker.engine.batch import run_pipeline
+    from worker.assembly import build_engine, run_source
     from worker.engine.runs import new_run_id
     from worker.sinks.sql import SqlResultSink
 
@@ -39,16 +38,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     source = make_source(spec, args.input)
     sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
-    bar = progress_bar(args, "documents")
     try:
-        summary = run_pipeline(
-            spec, source, sink, engine, limit=args.limit, chunk_size=args.chunk_size,
-            on_chunk=(lambda items, docs: bar.update(items)) if bar is not None else None, meta={"runtime": runtime},
-        )
+        summary = run_with_bar(args, "documents", lambda on_chunk: run_source(
+            spec, source, sink, engine=engine, runtime=runtime, limit=args.limit, chunk_size=args.chunk_size, on_chunk=on_chunk))
     finally:
-        if bar is not None:
-            bar.close()
-        engine.close()
         source.close()
         sink.close()
     emit(args, summary.as_dict(), render_summary(summary.as_dict()))

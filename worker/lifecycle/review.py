@@ -1,17 +1,9 @@
 """Active learning: low-confidence predictions go to a review queue; people label them.
 
 Routing (`review_items`) is a pure function of a batch's results and the stages'
-`review:` blocks. Queueing (`enqueue`) runs inside the sink's transaction for the
-same batch, so an item is queued if and only if its result is stored, and a batch
-written twice queues nothing twice:
-
-- one item per (pipeline, stage, doc_id); a document that was queued before (open,
-  labelled or skipped) is never queued again and costs no budget;
-- the budget is checked in the transaction: open items never exceed `max_open`, items
-  queued in a UTC day never exceed `per_day`. On PostgreSQL the stage's queue is locked
-  (transaction advisory lock) while counting, so concurrent workers cannot overshoot;
-  SQLite serialises writers anyway. When a batch brings more candidates than there is
-  room for, the least confident are queued.
+`review:` blocks; `ReviewHook` applies it to every chunk the engine finishes. Queueing
+runs inside the sink's transaction for the same batch, so an item is queued if and
+only if its result is stored, within the stage's budget (`worker.sinks.review_queue`).
 
 Labelling (`label_item`) validates the label against the stage's labels, stores it as
 `feedback` (source `review`, the feedback module's fingerprint, so a label given twice
