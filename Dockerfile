@@ -8,7 +8,8 @@
 #
 # The first stage builds the wheel; the image installs only the wheel (no source tree).
 # /app is a starter project (`textworker init`): pipelines/*.yaml and data/. The default
-# models are built into /models. The image doubles as a Ray node image for KubeRay
+# models are built into /models, readable by the unprivileged user the image runs as
+# (safetensors files are written owner-only). The image doubles as a Ray node image for KubeRay
 # (infra/kuberay/): `ray` is on PATH and wget is installed for KubeRay's probes.
 ARG BASE=python:3.11-slim
 ARG BUILDER=python:3.11-slim
@@ -44,6 +45,7 @@ COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir /tmp/dist/textworker-*.whl \
  && rm -rf /tmp/dist \
  && textworker models build-defaults --dir /models --quiet \
+ && chmod -R a+rX /models \
  && textworker init /app --quiet \
  && chown 65534:65534 /app
 WORKDIR /app
