@@ -192,16 +192,19 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(family: Path, ex
 @pytest.mark.postgres
 def test_registry_promotion_and_rollback_reach_a_running_stage(family: Path, versions: dict[str, Path],
                                                                expected: dict[str, dict[str, float]], postgres_url: str) -> None:
-    """The registry, not the pointer, decides: v2 lives outside the family, so only the registry names it."""
+    """The registry, not the pointer, decides: the pointer names v1 throughout, the registry promotes v2 and rolls back.
+
+    The versions are real directories inside the family (a registry champion that resolves outside its family
+    directory is never loaded), not links to the module's copies.
+    """
     from worker.lifecycle.registry import ModelRegistry
 
-    outside = family.parent / "candidates" / "v2"
-    outside.parent.mkdir()
-    outside.symlink_to(versions["v2"], target_is_directory=True)
-    (family / "v2").unlink()
+    for name in ("v1", "v2"):
+        (family / name).unlink()
+        shutil.copytree(versions[name], family / name)
     registry = ModelRegistry.open(postgres_url)
     try:
-        for version, path in (("v1", family / "v1"), ("v2", outside)):
+        for version, path in (("v1", family / "v1"), ("v2", family / "v2")):
             registry.register(name="spam", version=version, stage="spam", task="spam", artifact_path=path, pipeline="swap")
         registry.promote("spam", "v1", "first champion")
         steps = [
