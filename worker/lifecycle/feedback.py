@@ -154,7 +154,7 @@ def _text(raw: dict[str, Any], *keys: str, what: str, empty_reason: str = "empty
 
 
 def _short(raw: dict[str, Any], key: str, *fallbacks: str) -> str | None:
-    """An optional short field (label, who, doc_id): a string or a 64-bit integer, or None."""
+    """An optional short field (label, who, doc_id): a string or a 64-bit integer, or None (also for an empty one)."""
     name = next((k for k in (key, *fallbacks) if raw.get(k) is not None), None)
     if name is None:
         return None
@@ -165,7 +165,7 @@ def _short(raw: dict[str, Any], key: str, *fallbacks: str) -> str | None:
         if not -(2**63) <= value < 2**63:
             raise RowProblem("number_out_of_range", f"`{name}` is outside the signed 64-bit range")
         value = str(value)
-    return _clean(value, name, MAX_SHORT_CHARS[key])
+    return _clean(value, name, MAX_SHORT_CHARS[key]) or None  # an empty id, label or name is no value
 
 
 def _answer(raw: dict[str, Any]) -> str:
