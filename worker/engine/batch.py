@@ -20,9 +20,7 @@ from worker.engine.runs import RunBook, RunSummary, chunks_of
 def source_chunks(items: Iterable[Document | DeadLetter], size: int) -> Iterator[ChunkInput]:
     """A source's items as engine chunks of `size` input items."""
     for part in chunks_of(items, size):
-        docs = [i for i in part if isinstance(i, Document)]
-        letters = [i for i in part if isinstance(i, DeadLetter)]
-        yield ChunkInput(docs, letters, len(part))
+        yield ChunkInput.of_items(part)
 
 
 def run_pipeline(

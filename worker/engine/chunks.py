@@ -27,6 +27,12 @@ class ChunkInput:
     items: int = 0
     payload: Any = None
 
+    @classmethod
+    def of_items(cls, items: Sequence[Document | DeadLetter], payload: Any = None) -> ChunkInput:
+        """A source's items (documents and its dead letters, in any mix) as one chunk."""
+        docs = [i for i in items if isinstance(i, Document)]
+        return cls(docs, [i for i in items if isinstance(i, DeadLetter)], len(items), payload)
+
 
 @dataclass
 class Chunk:

@@ -16,6 +16,7 @@ or a `DeadLetter`) and the stage's stats delta; it never raises for a document:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -90,12 +91,21 @@ def _trim_heap() -> None:
     if now - _last_trim[0] < TRIM_EVERY_S:
         return
     _last_trim[0] = now
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    """glibc, loaded once; None where there is none (musl, macOS) or it has no malloc_trim."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def _with_retries(stage: Any, call: Callable[[], list[Outcome]]) -> list[Outcome]:

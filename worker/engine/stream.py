@@ -194,9 +194,7 @@ class StreamRunner:
                 continue
             self._idle = 0
             self.records += len(polled)
-            docs = [i for i in polled.items if isinstance(i, Document)]
-            letters = [i for i in polled.items if isinstance(i, DeadLetter)]
-            yield ChunkInput(docs, letters, len(polled), dict(polled.next_offsets))
+            yield ChunkInput.of_items(polled.items, dict(polled.next_offsets))
 
     def _poll(self) -> Polled | None:
         wanted = self.kafka.max_batch
