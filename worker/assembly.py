@@ -35,7 +35,7 @@ def run_source(spec: PipelineSpec, source: Any, sink: Any, *, runtime: str = "lo
                meta: dict[str, Any] | None = None, engine: Engine | None = None) -> Any:
     """A finite source through an engine (a new one on `runtime` unless given) into `sink`; returns the run summary.
 
-    Closes the engine, the source and nothing else (the caller owns the sink).
+    Closes the engine; the caller owns (and closes) the source and the sink.
     """
     from worker.engine.batch import run_pipeline
 
