@@ -55,8 +55,10 @@ def test_a_list_in_order_with_bad_items(nlp: Pipeline) -> None:
 
 
 PIPE_SCRIPT = """
-import gc, json, os, sys
+import ctypes, gc, json, os, sys
 from worker import Pipeline
+
+libc = ctypes.CDLL("libc.so.6")
 
 def rss():
     with open("/proc/self/statm", encoding="ascii") as statm:
@@ -79,6 +81,7 @@ with Pipeline.from_dict(spec) as pipeline:
         ahead = max(ahead, produced - index)
         if index % 1000 == 999:
             gc.collect()
+            libc.malloc_trim(0)  # measure what is held, not what glibc keeps cached between batches
             samples.append(rss())
 print(json.dumps({"seen": index + 1, "ahead": ahead, "order_ok": order_ok, "samples": samples}))
 """
@@ -93,9 +96,10 @@ def test_pipe_streams_ten_thousand_documents_in_flat_memory(models_dir: Path) ->
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["seen"] == 10_000 and report["order_ok"]
     assert report["ahead"] <= 256  # lazy: never more than one batch read ahead
-    # Flat: once the allocator's arenas and caches have settled (the first 3,000), RSS no longer climbs with the
-    # documents. Single samples swing by tens of MB (a batch's tensors, trims every 2 s), so means of three are
-    # compared, 4,000 documents apart: the per-document creep this caught before (about 22 KB) adds about 90 MB.
+    # Flat: once caches have settled (the first 3,000), RSS no longer climbs with the documents. Each sample is
+    # taken after gc and malloc_trim, so it counts memory held, not freed memory glibc keeps cached (untrimmed,
+    # samples swung by 100 MB on a loaded machine). Means of three are compared, 4,000 documents apart: the
+    # per-document creep this caught before (about 22 KB) adds about 90 MB.
     samples = report["samples"]
     early, late = sum(samples[3:6]) / 3, sum(samples[-3:]) / 3
     assert late - early < 32 * 2**20, [round(x / 2**20) for x in samples]
