@@ -7,7 +7,7 @@ objects and never re-parses dictionaries.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -225,14 +225,6 @@ class Resources(StrictModel):
     )
 
 
-FINETUNE_METRICS = {
-    "classify": ("macro_f1", "accuracy", "f1:<label>"),
-    "spam": ("macro_f1", "accuracy", "f1:<label>"),
-    "qa": ("f1", "exact_match"),
-    "translate": ("bleu", "chrf"),
-}
-
-
 class FinetuneGate(StrictModel):
     """When a fine-tuned candidate replaces the champion (see `worker.lifecycle.gate`).
 
@@ -354,16 +346,20 @@ class StageBase(StrictModel):
         "champion and switch to it; null turns hot swap off.",
     )
     finetune: FinetuneSpec | None = Field(default=None, description="Fine-tuning from labelled feedback.")
+    gate_metrics: ClassVar[tuple[str, ...]] = ()  # the metrics `finetune.gate.metric` may name (empty: any)
+
+    def label_names(self) -> list[str]:
+        """The labels the stage is configured with (empty: unknown, or a type without labels)."""
+        return list(getattr(self, "labels", None) or [])
 
     @model_validator(mode="after")
     def _finetune_metric_fits(self) -> StageBase:
         metric = self.finetune.gate.metric if self.finetune is not None else None
         kind = getattr(self, "type", "")
-        allowed = FINETUNE_METRICS.get(kind, ())
+        allowed = self.gate_metrics
         if metric is not None and allowed and metric not in allowed and not (metric.startswith("f1:") and "f1:<label>" in allowed):
             raise ValueError(f"`finetune.gate.metric: {metric}` does not fit a {kind} stage (use one of: {', '.join(allowed)})")
-        labels: list[str] = [getattr(self, "ham_label", ""), getattr(self, "spam_label", "")] if kind == "spam" \
-            else list(getattr(self, "labels", None) or [])
+        labels = self.label_names()
         if metric is not None and metric.startswith("f1:") and labels and metric[3:] not in labels:
             raise ValueError(f"`finetune.gate.metric: {metric}` names a label the stage does not have (labels: {', '.join(labels)})")
         return self
@@ -371,6 +367,8 @@ class StageBase(StrictModel):
 
 class ClassifyStage(StageBase):
     """Sequence classification: one label and the scores of every label."""
+
+    gate_metrics: ClassVar[tuple[str, ...]] = ("macro_f1", "accuracy", "f1:<label>")
 
     type: Literal["classify"] = "classify"
     labels: list[str] | None = Field(
@@ -392,11 +390,16 @@ class ClassifyStage(StageBase):
 class SpamStage(StageBase):
     """Binary spam detection: label `spam` when P(spam) >= threshold."""
 
+    gate_metrics: ClassVar[tuple[str, ...]] = ("macro_f1", "accuracy", "f1:<label>")
+
     type: Literal["spam"] = "spam"
     spam_label: str = "spam"
     ham_label: str = "ham"
     threshold: float = Field(default=0.5, ge=0, le=1)
     review: ReviewSpec | None = Field(default=None, description="Route low-confidence predictions to people.")
+
+    def label_names(self) -> list[str]:
+        return [self.ham_label, self.spam_label]
 
     @model_validator(mode="after")
     def _review_labels_fit(self) -> SpamStage:
@@ -407,6 +410,8 @@ class SpamStage(StageBase):
 
 class QaStage(StageBase):
     """Extractive question answering over long contexts in overlapping windows."""
+
+    gate_metrics: ClassVar[tuple[str, ...]] = ("f1", "exact_match")
 
     type: Literal["qa"] = "qa"
     questions: list[str] = Field(default_factory=list)
@@ -428,6 +433,8 @@ class QaStage(StageBase):
 
 class TranslateStage(StageBase):
     """Seq2seq translation with bounded output length."""
+
+    gate_metrics: ClassVar[tuple[str, ...]] = ("bleu", "chrf")
 
     type: Literal["translate"] = "translate"
     source_lang: str = "en"
@@ -461,9 +468,16 @@ STAGE_SPECS: dict[str, type[StageBase]] = {
 
 
 class SqlSink(StrictModel):
+    """The SQL store of record (SQLite, PostgreSQL, MySQL/MariaDB through SQLAlchemy)."""
+
     type: Literal["sql"] = "sql"
     url: str = "sqlite:///textworker.db"
     store_text: bool = True
+
+
+# Sink spec classes by `type:` (the writers are registered in worker.sinks.SINKS). A `sink:`
+# block without a `type` is `sql`. `register_sink_spec` adds one and rebuilds the union.
+SINK_SPECS: dict[str, type[StrictModel]] = {"sql": SqlSink}
 
 
 class FeedbackTopic(StrictModel):
@@ -488,6 +502,13 @@ class PipelineSpec(StrictModel):
     stages: list[StageSpec] = Field(min_length=1)
     sink: SqlSink = Field(default_factory=SqlSink)
     feedback: FeedbackTopic | None = Field(default=None, description="Kafka topic of labelled feedback.")
+
+    @field_validator("sink", mode="before")
+    @classmethod
+    def _sink_type_defaults_to_sql(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "sql", **value}
+        return value
 
     @model_validator(mode="after")
     def _stage_references(self) -> PipelineSpec:
@@ -532,18 +553,28 @@ def _union(specs: dict[str, Any]) -> Any:
     return Annotated[Union[tuple(specs.values())], Field(discriminator="type")]  # noqa: UP007 - built at run time
 
 
-def register_source_spec(spec_class: type[StrictModel]) -> type[StrictModel]:
-    """Add a source type's spec class (its `type` literal is the key) and rebuild the pipeline schema."""
+def _register_union_member(field: str, registry: dict[str, Any], spec_class: type[StrictModel]) -> type[StrictModel]:
+    """Add `spec_class` to `registry` under its `type` literal and rebuild the pipeline schema's `field` union."""
     from pydantic.fields import FieldInfo
 
     kind = spec_class.model_fields["type"].default
     if not isinstance(kind, str) or not kind:
         raise TypeError(f"{spec_class.__name__} needs a `type: Literal[...]` field with a default")
-    SOURCE_SPECS[kind] = spec_class
-    PipelineSpec.model_fields["source"] = FieldInfo.merge_field_infos(  # type: ignore[misc]
-        PipelineSpec.model_fields["source"], FieldInfo.from_annotation(_union(SOURCE_SPECS)))
+    registry[kind] = spec_class
+    PipelineSpec.model_fields[field] = FieldInfo.merge_field_infos(  # type: ignore[misc]
+        PipelineSpec.model_fields[field], FieldInfo.from_annotation(_union(registry)))
     PipelineSpec.model_rebuild(force=True)
     return spec_class
+
+
+def register_source_spec(spec_class: type[StrictModel]) -> type[StrictModel]:
+    """Add a source type's spec class (its `type` literal is the key) and rebuild the pipeline schema."""
+    return _register_union_member("source", SOURCE_SPECS, spec_class)
+
+
+def register_sink_spec(spec_class: type[StrictModel]) -> type[StrictModel]:
+    """Add a sink type's spec class (its `type` literal is the key) and rebuild the pipeline schema."""
+    return _register_union_member("sink", SINK_SPECS, spec_class)
 
 
 def register_stage_spec(spec_class: type[StageBase]) -> type[StageBase]:

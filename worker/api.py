@@ -25,9 +25,9 @@ from worker.assembly import build_engine
 from worker.config import load_pipeline, parse_pipeline
 from worker.engine import Chunk, Engine
 from worker.errors import TextworkerError
+from worker.stages import STAGE_TYPES
 
 TextLike = str | Mapping[str, Any] | Document
-TASKS = ("classify", "spam", "qa", "translate", "embed")
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -57,9 +57,9 @@ class Pipeline:
         self._sink: Any = None
         if sink is not None:
             from worker.engine.runs import RunBook, new_run_id
-            from worker.sinks.sql import SqlResultSink
+            from worker.sinks import build_sink
 
-            self._sink = SqlResultSink(sink, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
+            self._sink = build_sink(spec.sink, spec.name, new_run_id(), url=sink).open()
             self._book = RunBook(spec, self._sink, self.engine, {"runtime": runtime, "source": "python"}, bind_log=False).start()
 
     # ------------------------------------------------------------------ constructors
@@ -94,11 +94,12 @@ class Pipeline:
         `stage={...}`. A hub id needs a reachable hub; offline it fails at once with a
         message saying so.
         """
-        if task not in TASKS:
-            raise TextworkerError(f"unknown task `{task}`", hint=f"one of: {', '.join(TASKS)}")
+        if task not in STAGE_TYPES:
+            raise TextworkerError(f"unknown task `{task}`", hint=f"one of: {', '.join(STAGE_TYPES)}")
         stage: dict[str, Any] = {"name": name or task, "type": task, "model": str(model), **options.pop("stage", {})}
-        if task == "qa" and not stage.get("questions"):
-            stage.setdefault("question_field", "question")
+        fill = STAGE_TYPES[task].pretrained_stage
+        if fill is not None:
+            stage = fill(stage)
         return cls.from_dict({"name": "pretrained", "stages": [stage]}, **options)
 
     # ------------------------------------------------------------------ running

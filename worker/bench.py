@@ -20,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas.pipeline import ClassifyStage, FileSource, PipelineSpec, SpamStage, SqlSink
+from schemas.pipeline import FileSource, PipelineSpec, SqlSink
 from worker.models import loading
+from worker.stages import plugin_for
 
 
 def read_bench_texts(path: str | Path, limit: int | None) -> list[str]:
@@ -90,7 +91,7 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
     from worker.engine.batch import run_pipeline
     from worker.engine.executors import make_executor
     from worker.engine.runs import new_run_id
-    from worker.sinks.sql import SqlResultSink
+    from worker.sinks import build_sink
     from worker.sources.files import FileDocumentSource
 
     data = workdir / "docs.jsonl"
@@ -98,7 +99,7 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
     source = FileSource(path=str(data))
     spec = PipelineSpec(name="bench", source=source, stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
     engine = Engine(spec, make_executor(runtime)).start()
-    sink = SqlResultSink(spec.sink.url, spec.name, new_run_id()).open()
+    sink = build_sink(spec.sink, spec.name, new_run_id()).open()
     try:
         summary = run_pipeline(spec, FileDocumentSource(source), sink, engine, chunk_size=512)
     finally:
@@ -184,8 +185,8 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     from transformers import AutoConfig, AutoTokenizer
 
     stage_spec = spec.stage(stage_name)
-    if not isinstance(stage_spec, ClassifyStage | SpamStage):
-        raise ValueError(f"bench measures classify/spam stages; `{stage_name}` is {stage_spec.type}")
+    if getattr(plugin_for(stage_spec.type).stage, "auto_class", None) != "AutoModelForSequenceClassification":
+        raise ValueError(f"bench measures sequence-classification stages (classify, spam); `{stage_name}` is {stage_spec.type}")
     model_dir = loading.resolve(stage_spec.model).location
     texts = read_bench_mix(data, limit)
     max_length = stage_spec.max_length

@@ -17,11 +17,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from schemas.pipeline import PipelineSpec
+from schemas.pipeline import SINK_SPECS, SOURCE_SPECS, STAGE_SPECS, PipelineSpec
 from worker.errors import PipelineFileError, Problem
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_UNION_TAGS = {"file", "kafka", "classify", "spam", "qa", "translate"}
 
 Path_ = tuple[str | int, ...]
 
@@ -78,8 +77,9 @@ def _line_for(loc: Path_, lines: dict[Path_, int]) -> int | None:
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Path_:
-    """Drop pydantic's union tags (`stages.0.classify.labels` -> `stages.0.labels`)."""
-    return tuple(part for part in loc if not (isinstance(part, str) and part in _UNION_TAGS))
+    """Drop pydantic's union tags (`stages.0.classify.labels` -> `stages.0.labels`): the registered type names."""
+    tags = set(STAGE_SPECS) | set(SOURCE_SPECS) | set(SINK_SPECS)
+    return tuple(part for part in loc if not (isinstance(part, str) and part in tags))
 
 
 def _format_path(loc: Path_) -> str:

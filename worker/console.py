@@ -28,7 +28,7 @@ def database_url(args: argparse.Namespace, spec: Any) -> str:
         return str(args.database_url)
     if os.environ.get("TEXTWORKER_DATABASE_URL"):
         return os.environ["TEXTWORKER_DATABASE_URL"]
-    return str(spec.sink.url) if spec is not None else default_database_url()
+    return str(getattr(spec.sink, "url", None) or default_database_url()) if spec is not None else default_database_url()
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

@@ -78,6 +78,16 @@ class SinkError(TextworkerError):
     code = "TW401"
 
 
+class SinkUnavailable(SinkError):
+    """Backpressure: the sink cannot take writes now (a lost connection, a restarting server).
+
+    Nothing of the batch was stored. It is a signal, not a failure: the stream driver
+    obeys it by pausing its source, keeping its group membership and writing the same
+    batch again after a backoff; a one-shot caller reports it."""
+
+    code = "TW402"
+
+
 @dataclass
 class StageFailure(Exception):
     """A stage could not process one document; the runner turns it into a dead letter."""

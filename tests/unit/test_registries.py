@@ -7,8 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from schemas.pipeline import SOURCE_SPECS, STAGE_SPECS
+from schemas.pipeline import SINK_SPECS, SOURCE_SPECS, STAGE_SPECS
 from worker.engine.executors import EXECUTORS
+from worker.sinks import SINKS
 from worker.sources import SOURCES
 from worker.stages import STAGE_TYPES
 
@@ -27,6 +28,30 @@ def test_every_source_type_has_a_reader_and_executors_are_named() -> None:
     assert set(SOURCES) == set(SOURCE_SPECS) == {"file", "kafka"}
     assert {entry.kind for entry in SOURCES.values()} == {"batch", "stream"}
     assert set(EXECUTORS) == {"local", "ray"}
+    assert {kind for kind, entry in SINKS.items() if entry.role == "store"} == set(SINK_SPECS) == {"sql"}
+    assert {kind for kind, entry in SINKS.items() if entry.role == "publisher"} == {"kafka_topics"}
+
+
+def test_every_stage_type_reaches_its_lifecycle_through_its_plugin() -> None:
+    """Training, evaluation, feedback, the gate metric, review and the dashboard: one registered object."""
+    from worker.lifecycle.gate import default_metric
+    from worker.lifecycle.references import known
+
+    trained = {kind for kind, plugin in STAGE_TYPES.items() if plugin.trainer is not None}
+    assert trained == {"classify", "spam", "qa", "translate"}
+    for kind in trained:
+        plugin = STAGE_TYPES[kind]
+        trainer = plugin.load_trainer()
+        assert trainer.auto_model.startswith("AutoModelFor") and known(kind)
+        assert plugin.feedback_row is not None and plugin.feedback_example is not None and plugin.default_metric is not None
+        spec = plugin.spec(name="s", model="m", **({"questions": ["q?"]} if kind == "qa" else {}))
+        assert default_metric(spec) in {m.replace("<label>", "spam") for m in type(spec).gate_metrics} | {"f1:spam"}
+    assert {kind for kind, p in STAGE_TYPES.items() if p.confidence is not None} == {"classify", "spam"}
+    outputs = {"classify": {"scores": {"a": 1.0}}, "spam": {"spam_probability": 0.9, "scores": {}}, "qa": {"answers": []},
+               "translate": {"translation": "x"}, "embed": {"embedding": [0.0], "dim": 1}}
+    from worker.dashboard.queries import kind_of_output
+
+    assert {kind: kind_of_output(output) for kind, output in outputs.items()} == {kind: kind for kind in outputs}
 
 
 def test_a_new_stage_type_and_source_type_join_the_pipeline_schema() -> None:
@@ -66,3 +91,55 @@ def test_a_new_stage_type_and_source_type_join_the_pipeline_schema() -> None:
     ''')
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_new_sink_type_is_one_class_plus_one_registry_line(tmp_path: Path, models_dir: Path) -> None:
+    """In a fresh interpreter: a JSON-lines sink registered in SINKS and SINK_SPECS, then `textworker run` into it."""
+    (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "WIN a FREE prize, text 80086 now"}\n{"id": "b", "text": ""}\n'
+                                         '{"id": "c", "text": "See you at lunch tomorrow"}\n', encoding="utf-8")
+    (tmp_path / "p.yaml").write_text(f"""
+name: p
+source: {{type: file, path: {tmp_path / "docs.jsonl"}}}
+stages:
+  - {{name: spam, type: spam, model: {models_dir / "spam"}}}
+sink: {{type: jsonl, path: {tmp_path / "out.jsonl"}}}
+""", encoding="utf-8")
+    code = textwrap.dedent('''
+        import json, sys
+        from typing import Literal
+        from schemas.pipeline import StrictModel, register_sink_spec
+        from worker.sinks import SINKS, SinkEntry
+
+        class JsonlSinkSpec(StrictModel):
+            type: Literal["jsonl"] = "jsonl"
+            path: str
+
+        class JsonlSink:
+            def __init__(self, path, run_id):
+                self.path, self.run_id = path, run_id
+            @classmethod
+            def from_spec(cls, spec, pipeline, run_id, **options):
+                return cls(spec.path, run_id)
+            def open(self):
+                self.out = open(self.path, "a", encoding="utf-8")
+                return self
+            def write(self, batch):
+                for r in batch.results:
+                    self.out.write(json.dumps({"doc": r.doc_id, "label": r.label}) + "\\n")
+                for d in batch.dead_letters:
+                    self.out.write(json.dumps({"doc": d.ref, "dead": d.reason}) + "\\n")
+            def start_run(self, stats=None): pass
+            def finish_run(self, status, stats): self.out.write(json.dumps({"run": status}) + "\\n")
+            def close(self): self.out.close()
+
+        sys.modules["jsonl_sink"] = sys.modules[__name__]
+        SINKS["jsonl"] = SinkEntry("jsonl_sink:JsonlSink", "store")
+        register_sink_spec(JsonlSinkSpec)
+        from worker.cli import main
+        raise SystemExit(main(["run", sys.argv[1], "--quiet"]))
+    ''')
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.yaml")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [__import__("json").loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {"doc": "a", "label": "spam"} in rows and {"doc": "c", "label": "ham"} in rows
+    assert {"doc": "b", "dead": "empty_text"} in rows and rows[-1] == {"run": "finished"}

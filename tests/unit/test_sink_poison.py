@@ -99,7 +99,7 @@ def test_a_failure_that_is_no_rows_fault_is_raised(db_url: str) -> None:
 ])
 def test_unfixable_connection_failures_are_fatal_at_once_in_one_line(postgres_url: str, change: Any, words: str) -> None:
     url = change(sa.engine.make_url(normalise_url(postgres_url)))
-    sink = SqlResultSink(url.render_as_string(hide_password=False), "p", "run-1", retry_forever=True)
+    sink = SqlResultSink(url.render_as_string(hide_password=False), "p", "run-1", attempts=1000)
     started = time.monotonic()
     with pytest.raises(SinkError) as caught:
         sink.open()

@@ -73,13 +73,13 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     from worker.config import load_pipeline
     from worker.console import render_summary, run_with_bar
     from worker.engine.runs import new_run_id
-    from worker.sinks.sql import SqlResultSink
+    from worker.sinks import build_sink
     from worker.sources.requeue import RequeueSource
 
     spec = load_pipeline(args.pipeline)
     url = _database_url(args, spec)
     source = RequeueSource(spec, url, limit=args.limit)
-    sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
+    sink = build_sink(spec.sink, spec.name, new_run_id(), url=url).open()
     try:
         summary = run_with_bar(args, "letters", lambda on_chunk: run_source(
             spec, source, sink, runtime=args.runtime, address=args.address, chunk_size=args.chunk_size, on_chunk=on_chunk,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from schemas.pipeline import ClassifyStage, SpamStage
 from worker.config import load_pipeline
 from worker.console import database_url, emit
 from worker.lifecycle import review
 from worker.sinks.sql import make_engine, migrate, normalise_url
+from worker.stages import STAGE_TYPES, plugin_for
 
 
 def _render(items: list[review.QueuedItem]) -> str:
@@ -26,8 +26,9 @@ def _render(items: list[review.QueuedItem]) -> str:
 def cmd_review(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     stage = spec.stage(args.stage)
-    if not isinstance(stage, ClassifyStage | SpamStage):
-        raise review.ReviewError(f"stage `{stage.name}` is a {stage.type} stage; the review queue holds classify and spam predictions")
+    if plugin_for(stage.type).confidence is None:
+        raise review.ReviewError(f"stage `{stage.name}` is a {stage.type} stage; the review queue holds predictions of "
+                                 f"stages with a label confidence ({', '.join(t for t, p in STAGE_TYPES.items() if p.confidence)})")
     engine = make_engine(normalise_url(database_url(args, spec)))
     try:
         migrate(engine)

@@ -20,7 +20,7 @@ def make_source(spec: PipelineSpec, input_path: str | None) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.assembly import build_engine, run_source
     from worker.engine.runs import new_run_id
-    from worker.sinks.sql import SqlResultSink
+    from worker.sinks import build_sink
 
     spec = load_pipeline(args.pipeline)
     url = database_url(args, spec)
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         emit(args, stream_summary.as_dict(), render_summary(stream_summary.as_dict()))
         return 0
     source = make_source(spec, args.input)
-    sink = SqlResultSink(url, spec.name, new_run_id(), store_text=spec.sink.store_text).open()
+    sink = build_sink(spec.sink, spec.name, new_run_id(), url=url).open()
     try:
         summary = run_with_bar(args, "documents", lambda on_chunk: run_source(
             spec, source, sink, engine=engine, runtime=runtime, limit=args.limit, chunk_size=args.chunk_size, on_chunk=on_chunk))

@@ -10,24 +10,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.pipeline import ClassifyStage, PipelineSpec, QaStage, SpamStage, TranslateStage
+from schemas.pipeline import PipelineSpec
 from worker.config import load_pipeline
 from worker.console import default_models_dir, emit
 from worker.errors import DataFileError, TextworkerError
 from worker.lifecycle.defaults import finish_version
 from worker.lifecycle.references import read_examples
 from worker.models import loading
+from worker.stages import plugin_for
 from worker.training.data import read_texts  # noqa: F401 - re-exported
 
-StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+StageSpec = Any  # a stage spec of any registered type
 
 
 def stage_labels(stage: StageSpec) -> list[str] | None:
-    if isinstance(stage, SpamStage):
-        return [stage.ham_label, stage.spam_label]
-    if isinstance(stage, ClassifyStage):
-        return list(stage.labels) if stage.labels else None
-    return None
+    """The labels the stage is configured with (None: whatever the data holds)."""
+    return plugin_for(stage.type).labels(stage)
 
 
 def version_dir(stage: StageSpec, out: str | None) -> tuple[Path, str]:
@@ -85,31 +83,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, progress: Any) -> dict[str, Any]:
-    common = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed"})
-    if isinstance(stage, ClassifyStage | SpamStage):
-        from worker.training.classify import train_classifier
-        from worker.training.data import load_labelled
-
-        labels = stage_labels(stage)
-        texts, golds = load_labelled(args.data, labels, args.limit)
-        eval_data = load_labelled(args.eval_data, labels) if args.eval_data else None
-        extra = _train_kwargs(args, {"batch_size": "batch_size", "max_length": "max_length"})
-        return train_classifier(texts, golds, out, base=_base_dir(base), labels=labels, eval_data=eval_data, progress=progress, **common, **extra)
-    if isinstance(stage, QaStage):
-        from worker.training.qa import load_squad, train_qa
-
-        examples = load_squad(args.data, args.limit)
-        evals = load_squad(args.eval_data) if args.eval_data else None
-        extra = _train_kwargs(args, {"batch_size": "batch_size", "max_length": "max_length"})
-        return train_qa(examples, out, base=_base_dir(base), eval_examples=evals, progress=progress, **common, **extra)
-    from worker.training.translation import load_pairs, train_translation
-
-    pairs = load_pairs(args.data, stage.source_lang, stage.target_lang, args.limit)
-    evals_t = load_pairs(args.eval_data, stage.source_lang, stage.target_lang) if args.eval_data else None
-    scratch = base == "scratch"
-    return train_translation(
-        pairs, out, base=None if scratch else _base_dir(base), size=args.size, eval_pairs=evals_t, progress=progress, **common
-    )
+    """Train through the stage type's trainer; `--base scratch` starts from nothing where the type can."""
+    trainer = plugin_for(stage.type).load_trainer()
+    labels = stage_labels(stage)
+    examples = trainer.read(args.data, stage, labels, args.limit)
+    evals = trainer.read(args.eval_data, stage, labels) if args.eval_data else None
+    params = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed",
+                                  "batch_size": "batch_size", "max_length": "max_length", "size": "size"})
+    return trainer.train(stage, examples, out, base=None if base == "scratch" else _base_dir(base), labels=labels,
+                         eval_examples=evals, progress=progress, **params)
 
 
 def _base_dir(base: str) -> str:
@@ -117,16 +99,15 @@ def _base_dir(base: str) -> str:
     return loading.resolve(base).location
 
 
-def _count_inputs(net: Any, stage_type: str, progress: Callable[[int], None]) -> Any:
-    """A forward pre-hook reporting how many rows (QA: windows) the model reads; returns its handle."""
-    target = net.get_encoder() if stage_type == "translate" else net
+def _count_inputs(net: Any, progress: Callable[[int], None]) -> Any:
+    """A forward pre-hook on `net` reporting how many rows (QA: windows) the model reads; returns its handle."""
 
     def hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
         if ids is not None and hasattr(ids, "shape"):
             progress(int(ids.shape[0]))
 
-    return target.register_forward_pre_hook(hook, with_kwargs=True)
+    return net.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str | None, limit: int | None,
@@ -134,32 +115,15 @@ def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str |
     """Metrics for the stage's model (or `model`) on a labelled file; `progress(n)` as the model reads n more rows."""
     import transformers
 
+    trainer = plugin_for(stage.type).load_trainer()
     ref = loading.resolve(model or stage.model)
-    auto = {"classify": "AutoModelForSequenceClassification", "spam": "AutoModelForSequenceClassification",
-            "qa": "AutoModelForQuestionAnswering", "translate": "AutoModelForSeq2SeqLM"}[stage.type]
     tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref)
-    net = loading.load_pretrained(getattr(transformers, auto), ref).eval()
+    net = loading.load_pretrained(getattr(transformers, trainer.auto_model), ref).eval()
     if progress is not None:
-        _count_inputs(net, stage.type, progress)
+        _count_inputs(trainer.counted_module(net), progress)
+    labels = stage_labels(stage)
     result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data}
-    if isinstance(stage, ClassifyStage | SpamStage):
-        from worker.training.classify import evaluate_classifier
-        from worker.training.data import load_labelled
-
-        texts, golds = load_labelled(data, stage_labels(stage), limit)
-        positive = stage.spam_label if isinstance(stage, SpamStage) else None
-        threshold = stage.threshold if isinstance(stage, SpamStage) else None
-        result["metrics"] = evaluate_classifier(net, tokenizer, texts, golds, labels=stage_labels(stage),
-                                                max_length=stage.max_length, positive=positive, threshold=threshold)
-    elif isinstance(stage, QaStage):
-        from worker.training.qa import evaluate_qa, load_squad
-
-        result["metrics"] = evaluate_qa(net, load_squad(data, limit), tokenizer=tokenizer, max_length=stage.max_length, stride=stage.stride)
-    else:
-        from worker.training.translation import evaluate_translation, load_pairs
-
-        pairs = load_pairs(data, stage.source_lang, stage.target_lang, limit)
-        result["metrics"] = evaluate_translation(net, pairs, tokenizer=tokenizer, num_beams=stage.num_beams)
+    result["metrics"] = trainer.evaluate(stage, net, tokenizer, trainer.read(data, stage, labels, limit), labels)
     return result
 
 
@@ -249,7 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not (args.quiet or args.json):
         from tqdm import tqdm
 
-        bar = tqdm(desc=f"eval {stage.name}", unit=" windows" if stage.type == "qa" else " rows", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(desc=f"eval {stage.name}", unit=" " + plugin_for(stage.type).load_trainer().unit, file=sys.stderr, dynamic_ncols=True)
     try:
         result = evaluate_stage(spec, stage, args.data, args.model, args.limit, progress=bar.update if bar is not None else None)
     except (KeyError, ValueError) as exc:

@@ -23,12 +23,12 @@ from sqlalchemy.engine import Connection, Engine
 from schemas.pipeline import PipelineSpec
 from worker.sinks import tables
 from worker.sinks.sql import make_engine, migrate, normalise_url
+from worker.stages import STAGE_TYPES, StagePlugin
 
 MAX_PAGE = 200
 TOP_LABELS = 20
 NICE_BUCKETS_S = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 KIND_CACHE_S = 60.0
-LABEL_STAGES = ("classify", "spam")
 _DISTINCT_PIPELINES = sa.text(  # pipelines with results but no runs row (a loose index scan)
     "WITH RECURSIVE p(pipeline) AS ("
     " SELECT min(pipeline) FROM results"
@@ -67,18 +67,14 @@ def bucket_for(span_s: float, buckets: int = 60) -> int:
 
 
 def kind_of_output(output: Any) -> str:
-    """A stage's kind from the shape of one of its outputs."""
+    """A stage's type from the shape of one of its outputs (the first plug-in that recognises it)."""
     if not isinstance(output, dict):
         return "unknown"
-    if "answers" in output:
-        return "qa"
-    if "translation" in output:
-        return "translate"
-    if "spam_probability" in output:
-        return "spam"
-    if "scores" in output:
-        return "classify"
-    return "unknown"
+    return next((kind for kind, plugin in STAGE_TYPES.items() if plugin.recognise(output)), "unknown")
+
+
+def _plugin(kind: str) -> StagePlugin | None:
+    return STAGE_TYPES.get(kind)
 
 
 class DashboardStore:
@@ -150,12 +146,14 @@ class DashboardStore:
                            .order_by(res.c.id.desc()).limit(1)).first()
         return kind_of_output(row[0]) if row is not None else "unknown"
 
-    def spam_label(self, stage: str) -> str:
-        if self.spec is not None:
-            for s in self.spec.stages:
-                if s.name == stage and s.type == "spam":
-                    return str(getattr(s, "spam_label", "spam"))
-        return "spam"
+    def rated_stage(self, kinds: dict[str, str]) -> tuple[str, str] | None:
+        """The first stage whose type charts a label's rate (spam), with that label (from the pipeline file when known)."""
+        for name, kind in kinds.items():
+            plugin = _plugin(kind)
+            if plugin is not None and plugin.rate_label is not None:
+                spec = next((s for s in self.spec.stages if s.name == name), None) if self.spec is not None else None
+                return name, str(plugin.rate_label(spec))
+        return None
 
     # ------------------------------------------------------------------ overview, labels
 
@@ -177,11 +175,11 @@ class DashboardStore:
         }
 
     def _spam_counts(self, conn: Connection, pipeline: str, kinds: dict[str, str]) -> dict[str, Any] | None:
-        stage = next((name for name, kind in kinds.items() if kind == "spam"), None)
-        if stage is None:
+        rated = self.rated_stage(kinds)
+        if rated is None:
             return None
         res = tables.results
-        label = self.spam_label(stage)
+        stage, label = rated
         total, spam = conn.execute(
             sa.select(sa.func.count(), sa.func.count().filter(res.c.label == label)).where(res.c.pipeline == pipeline, res.c.stage == stage)
         ).one()
@@ -192,7 +190,7 @@ class DashboardStore:
         res = tables.results
         with self.engine.connect() as conn:
             kinds = self.stages(conn, pipeline)
-            wanted = [name for name, kind in kinds.items() if kind in LABEL_STAGES]
+            wanted = [name for name, kind in kinds.items() if (plugin := _plugin(kind)) is not None and plugin.charts_labels]
             rows = conn.execute(
                 sa.select(res.c.stage, res.c.label, sa.func.count()).where(res.c.pipeline == pipeline, res.c.stage.in_(wanted))
                 .group_by(res.c.stage, res.c.label)
@@ -253,10 +251,10 @@ class DashboardStore:
         res = tables.results
         with self.engine.connect() as conn:
             kinds = self.stages(conn, pipeline)
-            stage = next((name for name, kind in kinds.items() if kind == "spam"), None)
-            if stage is None:
+            rated = self.rated_stage(kinds)
+            if rated is None:
                 return {"pipeline": pipeline, "stage": None, "points": []}
-            label = self.spam_label(stage)
+            stage, label = rated
             start, end, width = self._window(conn, pipeline, [stage], window_s)
             bucket = self._bucket(conn, res.c.updated_at, width).label("bucket")
             rows = conn.execute(
@@ -443,14 +441,9 @@ def _run_row(row: Any) -> dict[str, Any]:
 
 
 def _sample_output(kind: str, output: Any) -> dict[str, Any]:
-    output = output if isinstance(output, dict) else {}
-    if kind == "qa":
-        answers = output.get("answers") or []
-        first = answers[0] if answers else {}
-        return {"question": _clip(first.get("question"), 200), "answer": _clip(first.get("answer"), 300), "no_answer": bool(first.get("no_answer"))}
-    if kind == "translate":
-        return {"translation": _clip(output.get("translation"), 400), "target_lang": output.get("target_lang")}
-    return {}
+    """The fields the stage type shows beside a sample (its plug-in's `sample`)."""
+    plugin = _plugin(kind)
+    return plugin.sample(output) if plugin is not None and isinstance(output, dict) else {}
 
 
 def window_seconds(text: str | None, default_s: float = 86400.0) -> float:

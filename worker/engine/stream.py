@@ -42,10 +42,12 @@ partitions can move an offset back, which costs reprocessing, never results.
 
 Outages
 -------
-- Database: the sink retries transient errors forever with capped backoff. Meanwhile
-  the owned partitions are paused and the consumer is polled with `poll(0)` at each
-  retry, so the group keeps this member (heartbeats run on kafka-python's own thread);
-  partitions resume once the write succeeds. The batch waits in memory.
+- Database: the sink makes one attempt per call and signals an outage by raising
+  `SinkUnavailable` (its backpressure signal). The driver obeys it (`StreamRunner.obey`):
+  it pauses the owned partitions, polls the consumer with `poll(0)` so the group keeps
+  this member (heartbeats run on kafka-python's own thread), waits (capped backoff) and
+  makes the same call again, for as long as the outage lasts. Partitions resume once the
+  write succeeds. The batch waits in memory.
 - Broker: kafka-python reconnects by itself; errors out of `poll` are logged and the
   loop backs off (0.5 s doubling to 10 s) and polls again. Failed Kafka commits only
   log. Publishing retries until it succeeds.
@@ -74,7 +76,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
@@ -83,6 +85,8 @@ from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import KafkaSource, PipelineSpec
 from worker.engine.core import Chunk, ChunkInput, Engine
 from worker.engine.runs import RunBook, RunSummary, new_run_id
+from worker.errors import SinkUnavailable
+from worker.sinks import build_publisher, build_sink
 from worker.sinks.kafka_topics import PUBLISHED_SUFFIX, TopicPublisher
 from worker.sinks.sql import Offset, SinkBatch, SqlResultSink
 from worker.sources.kafka import KafkaDocumentSource, Polled
@@ -90,6 +94,7 @@ from worker.sources.kafka_replay import Replay, parse_time
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 10.0
+T = TypeVar("T")
 
 
 class Shutdown(Exception):
@@ -120,6 +125,23 @@ def _time_arg(text: str | None) -> int | None:
     return parse_time(text) if text else None
 
 
+class _Obeying:
+    """The sink as the run bookkeeping sees it: its calls obey the backpressure signal (`StreamRunner.obey`)."""
+
+    def __init__(self, sink: SqlResultSink, obey: Callable[[Callable[[], Any]], Any]) -> None:
+        self._sink, self._obey = sink, obey
+        self.run_id = sink.run_id
+
+    def start_run(self, stats: dict[str, Any] | None = None) -> None:
+        self._obey(lambda: self._sink.start_run(stats))
+
+    def finish_run(self, status: str, stats: dict[str, Any]) -> None:
+        self._obey(lambda: self._sink.finish_run(status, stats))
+
+    def write(self, batch: SinkBatch) -> None:
+        self._obey(lambda: self._sink.write(batch))
+
+
 class StreamRunner:
     """The loop of the module docstring, over already constructed parts."""
 
@@ -130,7 +152,7 @@ class StreamRunner:
         self.spec, self.kafka = spec, spec.source
         self.sink, self.source, self.engine, self.publisher = sink, source, engine, publisher
         self.options, self.stop = options, stop
-        self.book = RunBook(spec, sink, engine, {"source": "kafka", "group": self.kafka.group, **(meta or {})})
+        self.book = RunBook(spec, _Obeying(sink, self.obey), engine, {"source": "kafka", "group": self.kafka.group, **(meta or {})})
         self.records = 0
         self.batches = 0
         self._idle = 0
@@ -144,18 +166,34 @@ class StreamRunner:
 
     def start_offsets(self) -> Mapping[tuple[str, int], int]:
         """Where each partition resumes: SQL's offset (the lower of processed and published)."""
-        stored = self.sink.load_offsets(self.kafka.group)
+        stored = self.obey(lambda: self.sink.load_offsets(self.kafka.group))
         if not self.publisher.enabled:
             return stored
-        published = self.sink.load_offsets(self.kafka.group + PUBLISHED_SUFFIX)
+        published = self.obey(lambda: self.sink.load_offsets(self.kafka.group + PUBLISHED_SUFFIX))
         return {key: min(offset, published.get(key, offset)) for key, offset in stored.items()}
 
-    def on_db_retry(self, exc: BaseException) -> None:
-        """Called by the sink before each backoff sleep: pause, keep the membership, honour stops."""
-        if self.stop.is_set():
-            raise Shutdown("stop requested while the database is unavailable") from exc
-        self.source.pause_for_outage()
-        self.source.keepalive()
+    def obey(self, call: Callable[[], T]) -> T:
+        """Run one sink call, obeying the sink's backpressure signal (`SinkUnavailable`): while the sink
+        cannot take writes, the source's partitions stay paused (the batch in flight waits), the group
+        sees a live member, stops are honoured, and the same call is made again after a backoff."""
+        delay, paused = 0.25, False
+        try:
+            while True:
+                try:
+                    return call()
+                except SinkUnavailable as exc:
+                    if self.stop.is_set():
+                        raise Shutdown("stop requested while the database is unavailable") from exc
+                    log.warning("database unavailable, retrying", extra={"error": exc.message[:300], "backoff_s": delay})
+                    self.source.pause_for_outage()
+                    paused = True
+                    self.source.keepalive()
+                    if self.stop.wait(delay):
+                        raise Shutdown("stop requested while the database is unavailable") from exc
+                    delay = min(delay * 2, MAX_BACKOFF_S)
+        finally:
+            if paused:
+                self.source.resume_after_outage()
 
     # ------------------------------------------------------------------ the loop
 
@@ -228,10 +266,7 @@ class StreamRunner:
         return [Offset(self.kafka.group + suffix, tp.topic, tp.partition, o) for tp, o in sorted(next_offsets.items())]
 
     def _write(self, batch: SinkBatch) -> None:
-        try:
-            self.sink.write(batch)
-        finally:
-            self.source.resume_after_outage()
+        self.obey(lambda: self.sink.write(batch))
 
     def _observe_lag(self) -> None:
         """Consumer lag per owned partition: the high watermark of its last fetch minus our position.
@@ -310,13 +345,13 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, en
     stop = stop or threading.Event()
     engine.start()  # loads the stages (on Ray: starts the actors; ray.init installs signal handlers, ours go in after)
     restore = install_signal_handlers(stop)
-    sink = SqlResultSink(database_url, spec.name, new_run_id(), store_text=spec.sink.store_text, retry_forever=True)
+    sink = build_sink(spec.sink, spec.name, new_run_id(), url=database_url, attempts=1)  # one attempt: the driver obeys the signal
     source = KafkaDocumentSource(spec.source, replay=options.replay)
-    publisher = TopicPublisher(spec.source, spec.name)
+    publisher = build_publisher("kafka_topics", spec.source, spec.name)
     runner = StreamRunner(spec, sink, source, engine, publisher, options, stop, meta)
-    sink.on_retry, source.start_offsets = runner.on_db_retry, runner.start_offsets
+    source.start_offsets = runner.start_offsets
     try:
-        sink.open()
+        runner.obey(sink.open)
         source.open(should_stop=stop.is_set)
         return runner.run() if not stop.is_set() else runner.summary
     except Shutdown:

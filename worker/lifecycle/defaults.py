@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def finish_version(version_dir: Path, *, name: str, task: str, base: str, data: 
         **info,
     }
     loading.write_metadata(version_dir, meta)
-    if task not in references.KINDS:
+    if not references.known(task):
         return
     if train_examples is None and data is not None and Path(data).is_file():
         train_examples = references.read_examples(task, str(data), stage, labels)
@@ -52,31 +53,38 @@ def finish_version(version_dir: Path, *, name: str, task: str, base: str, data: 
                               train=(str(data), train_examples) if train_examples else None)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one default model is trained: its stage type (whose trainer trains it), seed data, labels and knobs."""
+
+    task: str
+    data: str  # a file under worker/seed
+    labels: tuple[str, ...] | None = None
+    from_minilm: bool = True  # fine-tune the shipped MiniLM encoder (else the trainer starts from scratch)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "sentiment": Recipe("classify", "sentiment.tsv", ("negative", "positive"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
+    "spam": Recipe("spam", "spam.tsv", ("ham", "spam"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
+    "qa": Recipe("qa", "qa.jsonl", params={"epochs": 3, "lr": 1e-4, "batch_size": 16, "max_length": 256, "stride": 64}),
+    "translate": Recipe("translate", "translation.jsonl", from_minilm=False, params={"size": "tiny", "epochs": 30}),
+}
+
+
 def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None:
-    from worker.training.classify import train_classifier
-    from worker.training.data import load_labelled
+    from worker.stages import plugin_for
 
     out = family / SEED_VERSION
-    base = str(minilm_dir())
     started = time.perf_counter()
-    if name in ("sentiment", "spam"):
-        data = SEED_DIR / f"{name}.tsv"
-        labels = ["negative", "positive"] if name == "sentiment" else ["ham", "spam"]
-        texts, golds = load_labelled(data, labels)
-        info = train_classifier(texts, golds, out, base=base, labels=labels, epochs=4, lr=1e-4, batch_size=16, max_length=128)
-        task = "classify" if name == "sentiment" else "spam"
-    elif name == "qa":
-        from worker.training.qa import load_squad, train_qa
-
-        data = SEED_DIR / "qa.jsonl"
-        info = train_qa(load_squad(data), out, base=base, epochs=3, lr=1e-4, batch_size=16, max_length=256, stride=64)
-        task = "qa"
-    elif name == "translate":
-        from worker.training.translation import load_pairs, train_translation
-
-        data = SEED_DIR / "translation.jsonl"
-        info = train_translation(load_pairs(data), out, size="tiny", epochs=30)
-        task = "translate"
+    if name in RECIPES:
+        recipe = RECIPES[name]
+        data = SEED_DIR / recipe.data
+        base: str | None = str(minilm_dir()) if recipe.from_minilm else None
+        labels = list(recipe.labels) if recipe.labels else None
+        trainer = plugin_for(recipe.task).load_trainer()
+        info = trainer.train(None, trainer.read(data, None, labels), out, base=base, labels=labels, **recipe.params)
+        task = recipe.task
     else:
         from worker.models.roberta import build_roberta
 
@@ -85,7 +93,7 @@ def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None
         texts += [line.split("\t", 1)[1] for line in (SEED_DIR / "spam.tsv").read_text(encoding="utf-8").splitlines()]
         build_roberta(texts, out, size="tiny", vocab_size=4000)
         info, task, base = {"note": "untrained RoBERTa encoder (MLM head), for fine-tuning"}, "mlm", "RobertaConfig(tiny)"
-    finish_version(out, name=name, task=task, base=base, data=data, info=info, version=SEED_VERSION)
+    finish_version(out, name=name, task=task, base=str(base) if base else "scratch", data=data, info=info, version=SEED_VERSION)
     loading.set_current_version(family, out)
     log_step(f"built {name} in {time.perf_counter() - started:.0f}s -> {out}")
 

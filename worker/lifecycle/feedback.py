@@ -12,7 +12,7 @@ row holds (any JSON: nesting, numbers, lone surrogates, NULs, huge strings), `va
 answers a FeedbackRow or a RowProblem, and a FeedbackRow can be stored: its strings are
 UTF-8 without NULs and within the columns' sizes. Reason codes: not_an_object,
 unknown_stage, missing_field, wrong_type, empty_text, empty_answer, empty_question,
-empty_reference, unknown_label, answer_not_in_context, invalid_utf8, too_large,
+empty_reference, unknown_label, answer_not_in_context, invalid_utf8, too_large, no_feedback,
 invalid_json (and too_deep, duplicate_key, number_out_of_range from the strict decoder
 of `worker.sources.validation`). Each
 stored row has a `fingerprint` (sha256 over pipeline, stage and the labelled content,
@@ -36,18 +36,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from schemas.pipeline import ClassifyStage, QaStage, SpamStage, TranslateStage
 from worker.errors import DataFileError
 from worker.models import loading
 from worker.sinks import tables
 from worker.sources.validation import RecordProblem, decode_json
+from worker.stages import plugin_for
+from worker.stages.rows import MAX_SHORT_CHARS, MAX_TEXT_CHARS, RowProblem, short_field  # noqa: F401 - re-exported
 
 csv.field_size_limit(sys.maxsize)
-StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+StageSpec = Any  # a stage spec of any registered type
 _fb = tables.feedback
 CHUNK = 500
-MAX_TEXT_CHARS = 1_000_000  # text, context, question, answer, reference
-MAX_SHORT_CHARS = {"label": 256, "who": 256, "doc_id": 512}
 FIELD_NAMES = ("text", "label", "context", "question", "answer", "answers", "source", "reference", "id", "doc_id", "who")
 
 
@@ -100,25 +99,15 @@ class ImportReport:
                 "rejected": [asdict(r) for r in self.rejected]}
 
 
-class RowProblem(Exception):
-    """Raised inside validation; becomes a `Rejected`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
-
-
 # --------------------------------------------------------------------------- validation
 
 
-def stage_labels(stage: StageSpec) -> list[str] | None:
-    """The labels a classify/spam row may carry: the configured ones, else the model's id2label."""
-    if isinstance(stage, SpamStage):
-        return [stage.ham_label, stage.spam_label]
-    if not isinstance(stage, ClassifyStage):
-        return None
-    if stage.labels:
-        return list(stage.labels)
+def stage_labels(stage: Any) -> list[str] | None:
+    """The labels a row of a label-set stage (classify, spam) may carry: the configured ones, else the model's id2label."""
+    plugin = plugin_for(stage.type)
+    configured = plugin.labels(stage)
+    if configured is not None or not plugin.label_set:
+        return configured
     try:
         location = Path(loading.resolve(stage.model).location)
         config = json.loads((location / "config.json").read_text(encoding="utf-8"))
@@ -126,60 +115,6 @@ def stage_labels(stage: StageSpec) -> list[str] | None:
         return None
     id2label = config.get("id2label") or {}
     return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] or None
-
-
-def _clean(value: str, key: str, limit: int) -> str:
-    """A storable copy of a string field: no lone surrogates (refused), no NULs (removed), at most `limit` characters."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RowProblem("invalid_utf8", f"`{key}` holds a lone surrogate (not UTF-8)") from None
-    value = value.replace("\x00", "")
-    if len(value) > limit:
-        raise RowProblem("too_large", f"`{key}` has {len(value)} characters (limit {limit})")
-    return value
-
-
-def _text(raw: dict[str, Any], *keys: str, what: str, empty_reason: str = "empty_text") -> str:
-    key = next((k for k in keys if k in raw and raw[k] is not None), None)
-    if key is None:
-        raise RowProblem("missing_field", f"no `{keys[0]}` field" + (f" (or {', '.join(keys[1:])})" if keys[1:] else ""))
-    value = raw[key]
-    if not isinstance(value, str):
-        raise RowProblem("wrong_type", f"`{key}` must be a string, not {type(value).__name__}")
-    value = _clean(value, key, MAX_TEXT_CHARS)
-    if not value.strip():
-        raise RowProblem(empty_reason, f"the {what} is empty")
-    return value
-
-
-def _short(raw: dict[str, Any], key: str, *fallbacks: str) -> str | None:
-    """An optional short field (label, who, doc_id): a string or a 64-bit integer, or None (also for an empty one)."""
-    name = next((k for k in (key, *fallbacks) if raw.get(k) is not None), None)
-    if name is None:
-        return None
-    value = raw[name]
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise RowProblem("wrong_type", f"`{name}` must be a string or an integer, not {type(value).__name__}")
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise RowProblem("number_out_of_range", f"`{name}` is outside the signed 64-bit range")
-        value = str(value)
-    return _clean(value, name, MAX_SHORT_CHARS[key]) or None  # an empty id, label or name is no value
-
-
-def _answer(raw: dict[str, Any]) -> str:
-    """`answer` as a string, or SQuAD's `answers: {"text": [...]}` (its first answer)."""
-    if "answer" not in raw and isinstance(raw.get("answers"), dict):
-        texts = raw["answers"].get("text")
-        if isinstance(texts, str):
-            texts = [texts]
-        if texts is not None and not isinstance(texts, list):
-            raise RowProblem("wrong_type", f"`answers.text` must be a list of strings, not {type(texts).__name__}")
-        if not texts:
-            raise RowProblem("empty_answer", "`answers.text` is empty (unanswerable questions cannot train the model)")
-        raw = {"answer": texts[0]}
-    return _text(raw, "answer", what="answer", empty_reason="empty_answer")
 
 
 def stage_of(stages: Mapping[str, StageSpec], raw: Any) -> StageSpec:
@@ -199,30 +134,17 @@ def validate_any(stages: Mapping[str, StageSpec], labels: Mapping[str, Sequence[
 
 
 def validate_row(stage: StageSpec, raw: Any, labels: Sequence[str] | None) -> FeedbackRow:
-    """A stored-to-be row for `stage`, or RowProblem naming what is wrong (never another exception)."""
+    """A stored-to-be row for `stage`, or RowProblem naming what is wrong (never another exception).
+
+    The fields a row needs are the stage type's (its plug-in's `feedback_row`)."""
     if not isinstance(raw, dict):
         raise RowProblem("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
-    ident = _short(raw, "doc_id", "id")
-    who = _short(raw, "who")
-    if isinstance(stage, ClassifyStage | SpamStage):
-        text = _text(raw, "text", what="text")
-        label = _short(raw, "label")
-        if label is None:
-            raise RowProblem("missing_field", "no `label` field")
-        label = label.strip()
-        if labels and label not in labels:
-            raise RowProblem("unknown_label", f"label `{label}` is not one of the stage's labels: {', '.join(labels)}")
-        return FeedbackRow(stage=stage.name, text=text, label=label, doc_id=ident, who=who)
-    if isinstance(stage, QaStage):
-        context = _text(raw, "context", "text", what="context")
-        question = _text(raw, "question", what="question", empty_reason="empty_question")
-        answer = _answer(raw)
-        if answer not in context:
-            raise RowProblem("answer_not_in_context", f"the answer `{answer[:80]}` does not occur in the context")
-        return FeedbackRow(stage=stage.name, text=context, question=question, answer=answer, doc_id=ident, who=who)
-    source = _text(raw, stage.source_lang, "source", "text", what="source text")
-    reference = _text(raw, stage.target_lang, "reference", what="reference translation", empty_reason="empty_reference")
-    return FeedbackRow(stage=stage.name, text=source, reference=reference, doc_id=ident, who=who)
+    ident = short_field(raw, "doc_id", "id")
+    who = short_field(raw, "who")
+    plugin = plugin_for(stage.type)
+    if plugin.feedback_row is None:
+        raise RowProblem("no_feedback", f"a {stage.type} stage takes no labelled feedback")
+    return FeedbackRow(stage=stage.name, doc_id=ident, who=who, **plugin.feedback_row(stage, raw, labels))
 
 
 def validate_rows(stage: StageSpec, raws: Iterable[tuple[int | None, Any]], labels: Sequence[str] | None = None,
@@ -276,15 +198,14 @@ def _read_table(text: str, path: Path, stage: StageSpec) -> Iterator[tuple[int, 
     if not rows:
         return
     header = [cell.strip().lower() for cell in rows[0][1]]
-    names = set(FIELD_NAMES)
-    if isinstance(stage, TranslateStage):
-        names |= {stage.source_lang, stage.target_lang}
+    plugin = plugin_for(stage.type)
+    names = set(FIELD_NAMES) | plugin.table_fields(stage)
     if names & set(header):
         for number, row in rows[1:]:
             yield number, (dict(zip(header, row)) if len(row) == len(header)
                            else RowProblem("wrong_columns", f"expected {len(header)} columns, found {len(row)}"))
         return
-    if not isinstance(stage, ClassifyStage | SpamStage):
+    if not plugin.text_label_table:
         raise DataFileError(f"{path}: a {stage.type} feedback table needs a header row naming its fields",
                             hint="e.g. context, question, answer (qa) or en, de (translate); or use JSONL")
     yield from _text_label_rows(rows, stage)

@@ -44,16 +44,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.pipeline import ClassifyStage, FinetuneSpec, PipelineSpec, QaStage, SpamStage, TranslateStage
+from schemas.pipeline import FinetuneSpec, PipelineSpec
 from worker.errors import DataFileError, TextworkerError
 from worker.lifecycle import gate, references
 from worker.lifecycle.feedback import StoredFeedback, load_feedback, stage_labels
 from worker.lifecycle.registry import ModelRecord, ModelRegistry, family_dir
 from worker.models import loading
+from worker.stages import plugin_for
 
 log = logging.getLogger(__name__)
 REF_PREFIX = "ref:"
-StageSpec = ClassifyStage | SpamStage | QaStage | TranslateStage
+StageSpec = Any  # a stage spec of any registered type
 
 
 class FinetuneInterrupted(TextworkerError):
@@ -110,13 +111,10 @@ def data_fingerprint(fingerprints: list[str]) -> str:
 
 def feedback_example(stage: StageSpec, row: StoredFeedback) -> Any:
     """A feedback row in the shape the stage type's training and scoring code takes."""
-    if isinstance(stage, ClassifyStage | SpamStage):
-        return (row.text, row.label)
-    if isinstance(stage, QaStage):
-        answer = row.answer or ""
-        return {"id": row.fingerprint[:16], "context": row.text, "question": row.question,
-                "answers": {"text": [answer], "answer_start": [row.text.find(answer)]}}
-    return (row.text, row.reference)
+    plugin = plugin_for(stage.type)
+    if plugin.feedback_example is None:
+        raise TextworkerError(f"a {stage.type} stage takes no labelled feedback")
+    return plugin.feedback_example(stage, row)
 
 
 def read_examples(stage: StageSpec, path: str, labels: list[str] | None) -> list[Any]:
@@ -182,21 +180,8 @@ def train_and_score(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(stage: StageSpec, job: dict[str, Any]) -> dict[str, Any]:
-    kwargs = {k: v for k, v in job["params"].items() if v is not None}
-    if isinstance(stage, ClassifyStage | SpamStage):
-        from worker.training.classify import train_classifier
-
-        texts, golds = [t for t, _ in job["train"]], [g for _, g in job["train"]]
-        return train_classifier(texts, golds, job["out"], base=job["base"], labels=job["labels"], **kwargs)
-    if isinstance(stage, QaStage):
-        from worker.training.qa import train_qa
-
-        return train_qa(job["train"], job["out"], base=job["base"], **kwargs)
-    from worker.training.translation import train_translation
-
-    kwargs.pop("batch_size", None)
-    kwargs.pop("max_length", None)
-    return train_translation([tuple(p) for p in job["train"]], job["out"], base=job["base"], **kwargs)
+    return plugin_for(stage.type).load_trainer().train(stage, job["train"], job["out"], base=job["base"], labels=job["labels"],
+                                                       **job["params"])
 
 
 def run_on_ray(job: dict[str, Any], *, address: str | None, stop: threading.Event | None) -> dict[str, Any]:
@@ -311,7 +296,7 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
     cfg = stage.finetune or FinetuneSpec()
     champ = registry.bootstrap(stage, spec.name)
     seed = options.seed if options.seed is not None else cfg.seed
-    labels = _model_labels(champ.artifact_path, stage_labels(stage)) if isinstance(stage, ClassifyStage | SpamStage) else None
+    labels = _model_labels(champ.artifact_path, stage_labels(stage)) if plugin_for(stage.type).label_set else None
     rows = load_feedback(registry.engine, spec.name, stage.name)
     refs = champion_references(registry, champ, stage.type)
     pool, replay_from = _replay_pool(stage, champ, cfg, options, labels)

@@ -70,14 +70,17 @@ class SetLine:
         return asdict(self)
 
 
-def default_metric(stage_type: str, spam_label: str = "spam") -> str:
-    return {"spam": f"f1:{spam_label}", "classify": "macro_f1", "qa": "f1", "translate": "bleu"}[stage_type]
+def default_metric(stage: Any) -> str:
+    """The stage type's primary metric (its plug-in's `default_metric`)."""
+    from worker.stages import plugin_for
+
+    return plugin_for(stage.type).metric(stage)
 
 
 def rules_for(stage: Any) -> GateRules:
     """The stage's gate settings (`finetune.gate`) with the per-type defaults filled in."""
     gate = stage.finetune.gate if getattr(stage, "finetune", None) is not None else None
-    metric = (gate.metric if gate is not None else None) or default_metric(stage.type, getattr(stage, "spam_label", "spam"))
+    metric = (gate.metric if gate is not None else None) or default_metric(stage)
     hundred = metric in HUNDRED_SCALE
     margin = gate.margin if gate is not None and gate.margin is not None else (1.0 if hundred else 0.01)
     regression = gate.max_regression if gate is not None and gate.max_regression is not None else (2.0 if hundred else 0.02)

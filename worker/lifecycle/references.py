@@ -20,7 +20,8 @@ learnt; it doubles as the replay source when the training file is gone). The gat
 (`worker.lifecycle.gate.guard`) checks a candidate against every set of the champion.
 
 Per-stage-type behaviour (how to read a data file, how to stratify, how an example is
-written and read back) lives in one table, `KINDS`, keyed by stage type.
+written and read back) is the stage type's trainer (`StagePlugin.trainer`); `kind(task)`
+finds it.
 """
 
 from __future__ import annotations
@@ -53,27 +54,6 @@ class ReferenceError(TextworkerError):
 # --------------------------------------------------------------------------- per stage type
 
 
-def _read_labelled(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any]:
-    from worker.training.data import load_labelled
-
-    texts, golds = load_labelled(path, labels)
-    return list(zip(texts, golds, strict=True))
-
-
-def _read_squad(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any]:
-    from worker.training.qa import load_squad
-
-    return list(load_squad(path))
-
-
-def _read_pairs(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any]:
-    from worker.training.translation import load_pairs
-
-    if stage is None:
-        return [tuple(p) for p in load_pairs(path)]
-    return [tuple(p) for p in load_pairs(path, stage.source_lang, stage.target_lang)]
-
-
 def _read_texts(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any]:
     from worker.training.data import read_texts
 
@@ -82,7 +62,7 @@ def _read_texts(path: str, stage: Any, labels: Sequence[str] | None) -> list[Any
 
 @dataclass(frozen=True)
 class Kind:
-    """How one stage type reads, stratifies, writes and reads back its examples."""
+    """How one task reads, stratifies, writes and reads back its examples (a stage type's trainer does the same)."""
 
     read: Callable[[str, Any, Sequence[str] | None], list[Any]]
     stratum: Callable[[Any], str]
@@ -90,22 +70,25 @@ class Kind:
     decode: Callable[[dict[str, Any]], Any]
 
 
-_LABELLED = Kind(_read_labelled, lambda ex: str(ex[1]), lambda ex: {"text": ex[0], "label": ex[1]},
-                 lambda row: (row["text"], row["label"]))
-KINDS: dict[str, Kind] = {
-    "classify": _LABELLED,
-    "spam": _LABELLED,
-    "qa": Kind(_read_squad, lambda ex: "all", lambda ex: dict(ex), lambda row: row),
-    "translate": Kind(_read_pairs, lambda ex: "all", lambda ex: {"source": ex[0], "reference": ex[1]},
-                      lambda row: (row["source"], row["reference"])),
-    "mlm": Kind(_read_texts, lambda ex: "all", lambda ex: {"text": ex}, lambda row: row["text"]),
-}
+MLM = Kind(_read_texts, lambda ex: "all", lambda ex: {"text": ex}, lambda row: row["text"])  # a pretrained encoder's sets
 
 
-def kind(task: str) -> Kind:
-    if task not in KINDS:
+def known(task: str) -> bool:
+    """A task with reference-set support: a stage type that has a trainer, or `mlm`."""
+    from worker.stages import STAGE_TYPES
+
+    return task == "mlm" or (task in STAGE_TYPES and STAGE_TYPES[task].trainer is not None)
+
+
+def kind(task: str) -> Any:
+    """The task's example I/O: its stage type's trainer, or the MLM kind."""
+    if not known(task):
         raise ReferenceError(f"no reference-set support for task `{task}`")
-    return KINDS[task]
+    if task == "mlm":
+        return MLM
+    from worker.stages import plugin_for
+
+    return plugin_for(task).load_trainer()
 
 
 def read_examples(task: str, path: str, stage: Any = None, labels: Sequence[str] | None = None) -> list[Any]:
@@ -251,7 +234,7 @@ def record_version(version_dir: Path, *, task: str, version: str, parent_dir: st
 
     `train` is (path, examples) of the training data; `evals` are (role, path-or-label, examples).
     """
-    if task not in KINDS:
+    if not known(task):
         return []
     sets = inherit(parent_dir, version_dir)
     for role, where, examples in evals:
@@ -284,7 +267,7 @@ def backfill(version_dir: Path, labels: Sequence[str] | None = None) -> list[Ref
     task = str(meta.get("task") or "")
     train = meta.get("train_data") or {}
     path = train.get("path") if isinstance(train, dict) else None
-    if task not in KINDS or task == "mlm" or not path or not Path(path).is_file():
+    if not known(task) or task == "mlm" or not path or not Path(path).is_file():
         return []
     from worker.training import data_fingerprint
 

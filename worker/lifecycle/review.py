@@ -22,12 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from schemas.documents import Document, StageResult
-from schemas.pipeline import ClassifyStage, PipelineSpec, ReviewSpec, SpamStage
+from schemas.pipeline import PipelineSpec, ReviewSpec
 from worker.engine.core import Chunk
 from worker.engine.hooks import Hook
 from worker.errors import TextworkerError
 from worker.sinks import tables
 from worker.sinks.review_queue import ReviewItem, enqueue  # noqa: F401 - re-exported: routing and storage meet here
+from worker.stages import plugin_for
 
 _q = tables.review_queue
 OPEN, LABELLED, SKIPPED = "open", "labelled", "skipped"
@@ -39,16 +40,12 @@ class ReviewError(TextworkerError):
     code = "TW601"
 
 
-def confidence_of(stage: ClassifyStage | SpamStage, result: StageResult) -> tuple[float, float]:
-    """(probability of the predicted label, top-1 minus top-2 probability) of one result."""
-    if isinstance(stage, SpamStage):
-        p_spam = float(result.output.get("spam_probability", result.score or 0.0))
-        confidence = p_spam if result.label == stage.spam_label else 1.0 - p_spam
-        return confidence, abs(2 * p_spam - 1)
-    probs = sorted((float(p) for p in (result.output.get("scores") or {}).values()), reverse=True)
-    if not probs:
-        return float(result.score or 0.0), 1.0
-    return probs[0], probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+def confidence_of(stage: Any, result: StageResult) -> tuple[float, float]:
+    """(probability of the predicted label, top-1 minus top-2 probability) of one result (the plug-in's `confidence`)."""
+    confidence = plugin_for(stage.type).confidence
+    if confidence is None:
+        raise ReviewError(f"a {stage.type} stage is not routed to review")
+    return confidence(stage, result)
 
 
 def _routed(review: ReviewSpec, label: str | None, confidence: float, margin: float) -> bool:
@@ -59,19 +56,22 @@ def _routed(review: ReviewSpec, label: str | None, confidence: float, margin: fl
 
 def review_items(spec: PipelineSpec, docs: Sequence[Document], results: Iterable[StageResult]) -> list[ReviewItem]:
     """The results of a batch that the stages' `review:` blocks route to people."""
-    stages = {s.name: s for s in spec.stages if isinstance(s, ClassifyStage | SpamStage) and s.review is not None}
+    stages: dict[str, tuple[Any, ReviewSpec]] = {
+        s.name: (s, review) for s in spec.stages
+        if (review := getattr(s, "review", None)) is not None and plugin_for(s.type).confidence is not None}
     if not stages:
         return []
     texts = {d.id: d.text for d in docs}
     items: list[ReviewItem] = []
     for result in results:
-        stage = stages.get(result.stage)
-        if stage is None or stage.review is None or result.doc_id not in texts:
+        found = stages.get(result.stage)
+        if found is None or result.doc_id not in texts:
             continue
+        stage, review = found
         confidence, margin = confidence_of(stage, result)
-        if _routed(stage.review, result.label, confidence, margin):
+        if _routed(review, result.label, confidence, margin):
             items.append(ReviewItem(stage.name, result.doc_id, texts[result.doc_id], result.label, confidence, margin,
-                                    result.model_version, stage.review))
+                                    result.model_version, review))
     return items
 
 
@@ -120,7 +120,7 @@ def _get(engine: Engine, pipeline: str, stage: str, doc_id: str) -> QueuedItem:
     return QueuedItem(**dict(row._mapping))
 
 
-def label_item(engine: Engine, pipeline: str, stage: ClassifyStage | SpamStage, doc_id: str, label: str,
+def label_item(engine: Engine, pipeline: str, stage: Any, doc_id: str, label: str,
                who: str | None = None) -> QueuedItem:
     """Label an item: store the label as feedback (source `review`), then mark the item labelled."""
     from worker.lifecycle.feedback import FeedbackRow, stage_labels, store_rows

@@ -157,9 +157,9 @@ class DocumentsIngress:
         self.book: Any = None
         if settings.database_url:
             from worker.engine.runs import RunBook, new_run_id
-            from worker.sinks.sql import SqlResultSink
+            from worker.sinks import build_sink
 
-            self.sink = SqlResultSink(settings.database_url, spec.name, "serve-" + new_run_id(), store_text=spec.sink.store_text).open()
+            self.sink = build_sink(spec.sink, spec.name, "serve-" + new_run_id(), url=settings.database_url).open()
             self.book = RunBook(spec, self.sink, self.engine, {"runtime": "serve"}, bind_log=False).start()
         self.served = {"requests": 0, "documents": 0, "rejected": 0}
 

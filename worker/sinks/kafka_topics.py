@@ -64,6 +64,11 @@ class TopicPublisher:
         self.pipeline = pipeline
         self.producer: KafkaProducer | None = None
 
+    @classmethod
+    def from_spec(cls, spec: KafkaSource, pipeline: str, run_id: str = "") -> TopicPublisher:
+        """From the kafka source's settings (`results_topic`, `dead_letter_topic`)."""
+        return cls(spec, pipeline)
+
     @property
     def enabled(self) -> bool:
         return bool(self.spec.dead_letter_topic or self.spec.results_topic)

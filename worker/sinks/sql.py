@@ -22,7 +22,10 @@ rows. If even the ASCII-only rejection rows cannot be written, the error is not 
 rows' fault and is raised.
 
 Errors: only connection-level failures (refused or lost connections, timeouts, a
-server restarting) are retried, forever when streaming. A failed authentication or an
+server restarting) are retried, `attempts` times; then the sink raises
+`SinkUnavailable`, its backpressure signal. The stream driver builds its sink with one
+attempt and obeys the signal itself (`worker.engine.stream`): it pauses the source and
+writes the batch again, for as long as the outage lasts. A failed authentication or an
 unknown database is fatal at once (`SinkError`, one line); so is a host name that does
 not resolve when the sink opens (later it counts as a connection failure).
 """
@@ -44,10 +47,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_never, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from schemas.documents import DeadLetter, Document, StageResult
-from worker.errors import SinkError
+from worker.errors import SinkError, SinkUnavailable
 from worker.sinks import tables
 
 if TYPE_CHECKING:
@@ -137,6 +140,7 @@ def migrate(engine: Engine) -> None:
 _AUTH = re.compile(r"password authentication failed|authentication failed|role \S+ does not exist|no pg_hba\.conf entry"
                    r"|access denied for user|\(1045,", re.I)
 _UNKNOWN_DB = re.compile(r"database \S+ does not exist|unknown database|\(1049,", re.I)
+_MISSING_SCHEMA = re.compile(r"no such table|no such column", re.I)
 _DNS = re.compile(r"failed to resolve host|could not translate host name|name or service not known|nodename nor servname"
                   r"|temporary failure in name resolution|unknown (mysql|mariadb) server host|getaddrinfo failed", re.I)
 
@@ -160,6 +164,8 @@ def connection_problem(exc: BaseException) -> str | None:
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: lost connections, server restarts, lock timeouts (not a refused login or an unknown database)."""
     if connection_problem(exc) in ("authentication", "unknown database"):
+        return False
+    if _MISSING_SCHEMA.search(str(exc)):  # SQLite says OperationalError for a dropped table: no retry fixes it
         return False
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
@@ -195,10 +201,8 @@ def _now() -> datetime:
 class SqlResultSink:
     """Writes `SinkBatch`es to a SQLAlchemy database.
 
-    `retry_forever=True` (streaming) keeps retrying transient errors with capped
-    exponential backoff; otherwise a transient error is retried `attempts` times.
-    `on_retry` lets the caller pause its source while the database is away.
-    """
+    A transient error is retried `attempts` times with capped exponential backoff, then
+    raised as `SinkUnavailable` (backpressure: nothing of the batch was stored)."""
 
     def __init__(
         self,
@@ -207,19 +211,21 @@ class SqlResultSink:
         run_id: str,
         *,
         store_text: bool = True,
-        retry_forever: bool = False,
         attempts: int = 5,
         max_backoff_s: float = 10.0,
-        on_retry: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.url = normalise_url(url)
         self.pipeline = pipeline
         self.run_id = run_id
         self.store_text = store_text
-        self.on_retry = on_retry
-        self._stop = stop_never if retry_forever else stop_after_attempt(attempts)
+        self._stop = stop_after_attempt(attempts)
         self._wait = wait_exponential(multiplier=0.2, max=max_backoff_s)
         self.engine: Engine | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Any, pipeline: str, run_id: str, *, url: str | None = None, **options: Any) -> SqlResultSink:
+        """From a pipeline's `sink:` spec (`url` overrides the file's, as `--database-url` does)."""
+        return cls(url or spec.url, pipeline, run_id, store_text=spec.store_text, **options)
 
     def open(self) -> SqlResultSink:
         """Connect and migrate, retrying while the server is unreachable; fatal (one line) for a
@@ -244,8 +250,6 @@ class SqlResultSink:
         def before_sleep(state: Any) -> None:
             exc = state.outcome.exception()
             log.warning("database unavailable, retrying", extra={"error": str(exc)[:300], "attempt": state.attempt_number})
-            if self.on_retry is not None:
-                self.on_retry(exc)
 
         def transient(exc: BaseException) -> bool:
             if fatal_error(exc, self._engine.url, opening=opening) is not None:
@@ -256,7 +260,17 @@ class SqlResultSink:
             retry=retry_if_exception(transient), stop=self._stop, wait=self._wait,
             before_sleep=before_sleep, reraise=True,
         )
-        return retrying(fn)
+        try:
+            return retrying(fn)
+        except SinkUnavailable:
+            raise
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            if isinstance(exc, SinkError):
+                raise SinkUnavailable(exc.message, hint=exc.hint) from exc
+            raise SinkUnavailable(f"the database is unavailable: {first_line(exc)}",
+                                  hint="writes resume when the server is back") from exc
 
     def write(self, batch: SinkBatch) -> None:
         """Store the whole batch in one transaction (retrying transient errors); a batch the

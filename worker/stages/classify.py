@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from schemas.documents import Document
+from schemas.documents import Document, StageResult
 from schemas.pipeline import ClassifyStage, SpamStage
 from worker.errors import ModelFormatError
 from worker.stages.base import Context, HFStage, Outcome, StageStats
 from worker.stages.batching import plan_batches
 from worker.stages.plugin import StagePlugin
+from worker.stages.rows import RowProblem, short_field, text_field
 
 CHARS_PER_TOKEN_CAP = 12
 
@@ -133,7 +134,59 @@ class SpamDetectStage(HFStage):
         return outcomes
 
 
+# --------------------------------------------------------------------------- lifecycle parts (see StagePlugin)
+
+
+def classify_labels(spec: ClassifyStage) -> list[str] | None:
+    """The configured labels (None: the model's own, which the lifecycle reads from its config)."""
+    return list(spec.labels) if spec.labels else None
+
+
+def spam_labels(spec: SpamStage) -> list[str]:
+    return [spec.ham_label, spec.spam_label]
+
+
+def labelled_row(spec: Any, raw: dict[str, Any], labels: Sequence[str] | None) -> dict[str, Any]:
+    """A feedback row of a classify or spam stage: a text and one of the stage's labels."""
+    text = text_field(raw, "text", what="text")
+    label = short_field(raw, "label")
+    if label is None:
+        raise RowProblem("missing_field", "no `label` field")
+    label = label.strip()
+    if labels and label not in labels:
+        raise RowProblem("unknown_label", f"label `{label}` is not one of the stage's labels: {', '.join(labels)}")
+    return {"text": text, "label": label}
+
+
+def labelled_example(spec: Any, row: Any) -> tuple[str, str]:
+    return (row.text, row.label)
+
+
+def classify_confidence(spec: ClassifyStage, result: StageResult) -> tuple[float, float]:
+    """(probability of the predicted label, top-1 minus top-2 probability)."""
+    probs = sorted((float(p) for p in (result.output.get("scores") or {}).values()), reverse=True)
+    if not probs:
+        return float(result.score or 0.0), 1.0
+    return probs[0], probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+
+
+def spam_confidence(spec: SpamStage, result: StageResult) -> tuple[float, float]:
+    """(probability of the decided label, |2 P(spam) - 1|)."""
+    p_spam = float(result.output.get("spam_probability", result.score or 0.0))
+    confidence = p_spam if result.label == spec.spam_label else 1.0 - p_spam
+    return confidence, abs(2 * p_spam - 1)
+
+
+_LABELLED: dict[str, Any] = {
+    "label_set": True, "feedback_row": labelled_row, "feedback_example": labelled_example, "text_label_table": True,
+    "charts_labels": True, "trainer": "worker.training.classify:TRAINER",
+}
 PLUGINS = (
-    StagePlugin("classify", ClassifyStage, ClassifyTextStage, "sequence classification: a label and every label's score"),
-    StagePlugin("spam", SpamStage, SpamDetectStage, "spam detection: spam/ham by P(spam) >= threshold"),
+    StagePlugin("classify", ClassifyStage, ClassifyTextStage, "sequence classification: a label and every label's score",
+                labels=classify_labels, default_metric=lambda spec: "macro_f1", confidence=classify_confidence,
+                recognise=lambda output: "scores" in output and "spam_probability" not in output, **_LABELLED),
+    StagePlugin("spam", SpamStage, SpamDetectStage, "spam detection: spam/ham by P(spam) >= threshold",
+                labels=spam_labels, default_metric=lambda spec: f"f1:{spec.spam_label}", confidence=spam_confidence,
+                recognise=lambda output: "spam_probability" in output,
+                rate_label=lambda spec: spec.spam_label if spec is not None else "spam", **_LABELLED),
 )

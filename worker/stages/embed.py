@@ -282,5 +282,7 @@ def _show(result: StageResult) -> str:
 
 PLUGINS = (
     StagePlugin("embed", EmbedStage, EmbedTextStage, "sentence embeddings, nearest-neighbour search, near duplicates",
-                show=_show, build_default=build_default, add_commands=add_commands, commands={"search": cmd_search}),
+                show=_show, build_default=build_default, add_commands=add_commands, commands={"search": cmd_search},
+                recognise=lambda output: "embedding" in output,
+                sample=lambda output: {"near_duplicate_of": output.get("near_duplicate_of"), "dim": output.get("dim")}),
 )

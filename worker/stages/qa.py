@@ -8,6 +8,7 @@ from schemas.documents import Document, StageResult
 from schemas.pipeline import QaStage
 from worker.stages.base import Context, HFStage, Outcome
 from worker.stages.plugin import StagePlugin
+from worker.stages.rows import RowProblem, answer_field, text_field
 
 
 class QuestionAnswerStage(HFStage):
@@ -66,4 +67,35 @@ def _show_answer(result: StageResult) -> str:
     return f"{result.label!r} ({result.score:.3f})" if result.score is not None else repr(result.label)
 
 
-PLUGINS = (StagePlugin("qa", QaStage, QuestionAnswerStage, "extractive question answering over windows", show=_show_answer),)
+def _feedback_row(spec: QaStage, raw: dict[str, Any], labels: Any) -> dict[str, Any]:
+    """A QA feedback row: a context, a question and an answer found in the context."""
+    context = text_field(raw, "context", "text", what="context")
+    question = text_field(raw, "question", what="question", empty_reason="empty_question")
+    answer = answer_field(raw)
+    if answer not in context:
+        raise RowProblem("answer_not_in_context", f"the answer `{answer[:80]}` does not occur in the context")
+    return {"text": context, "question": question, "answer": answer}
+
+
+def _feedback_example(spec: QaStage, row: Any) -> dict[str, Any]:
+    """A stored row as a SQuAD example."""
+    answer = row.answer or ""
+    return {"id": row.fingerprint[:16], "context": row.text, "question": row.question,
+            "answers": {"text": [answer], "answer_start": [row.text.find(answer)]}}
+
+
+def _sample(output: dict[str, Any]) -> dict[str, Any]:
+    answers = output.get("answers") or []
+    first = answers[0] if answers and isinstance(answers[0], dict) else {}
+    return {"question": _clip(first.get("question"), 200), "answer": _clip(first.get("answer"), 300), "no_answer": bool(first.get("no_answer"))}
+
+
+def _clip(text: Any, limit: int) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+PLUGINS = (StagePlugin("qa", QaStage, QuestionAnswerStage, "extractive question answering over windows", show=_show_answer,
+                       default_metric=lambda spec: "f1", feedback_row=_feedback_row, feedback_example=_feedback_example,
+                       recognise=lambda output: "answers" in output, sample=_sample, trainer="worker.training.qa:TRAINER",
+                       pretrained_stage=lambda stage: stage if stage.get("questions") else {"question_field": "question", **stage}),)

@@ -10,6 +10,7 @@ from schemas.pipeline import TranslateStage
 from worker.stages.base import Context, HFStage, Outcome
 from worker.stages.language import language_problem
 from worker.stages.plugin import StagePlugin
+from worker.stages.rows import text_field
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -193,5 +194,22 @@ def _show(result: StageResult) -> str:
     return f"{str(result.output.get('translation', ''))[:120]}{flag}"
 
 
+def _feedback_row(spec: TranslateStage, raw: dict[str, Any], labels: Any) -> dict[str, Any]:
+    """A translation feedback row: a source text and its reference translation (by language code or name)."""
+    source = text_field(raw, spec.source_lang, "source", "text", what="source text")
+    reference = text_field(raw, spec.target_lang, "reference", what="reference translation", empty_reason="empty_reference")
+    return {"text": source, "reference": reference}
+
+
+def _sample(output: dict[str, Any]) -> dict[str, Any]:
+    text = str(output.get("translation") or "")
+    return {"translation": text if len(text) <= 400 else text[:400] + "…", "target_lang": output.get("target_lang"),
+            LOW_QUALITY: output.get(LOW_QUALITY) or []}
+
+
 PLUGINS = (StagePlugin("translate", TranslateStage, TranslateTextStage, "machine translation, sentence by sentence when long",
-                       show=_show),)
+                       show=_show, default_metric=lambda spec: "bleu", feedback_row=_feedback_row,
+                       feedback_example=lambda spec, row: (row.text, row.reference),
+                       table_fields=lambda spec: {spec.source_lang, spec.target_lang},
+                       recognise=lambda output: "translation" in output, sample=_sample,
+                       trainer="worker.training.translation:TRAINER"),)

@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from worker.errors import TextworkerError
 from worker.training.metrics import classification_metrics
+from worker.training.task import StageTrainer, pick
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -144,3 +146,54 @@ def evaluate_classifier(
             index = names.index(positive)
             preds = [positive if p[index] >= threshold else other for p in probs]
     return classification_metrics(list(golds), preds, labels)
+
+
+# --------------------------------------------------------------------------- the classify/spam StageTrainer
+
+
+class ClassifyTrainer(StageTrainer):
+    """Training and evaluation of classify and spam stages: examples are (text, label) pairs."""
+
+    auto_model = "AutoModelForSequenceClassification"
+
+    def read(self, path: str | Path, stage: Any = None, labels: Sequence[str] | None = None, limit: int | None = None) -> list[Any]:
+        from worker.training.data import load_labelled
+
+        texts, golds = load_labelled(path, labels, limit)
+        return list(zip(texts, golds, strict=True))
+
+    def stratum(self, example: Any) -> str:
+        return str(example[1])
+
+    def encode(self, example: Any) -> dict[str, Any]:
+        return {"text": example[0], "label": example[1]}
+
+    def decode(self, row: dict[str, Any]) -> Any:
+        return (row["text"], row["label"])
+
+    def train(self, stage: Any, examples: list[Any], out: str | Path, *, base: str | None, labels: Sequence[str] | None = None,
+              eval_examples: list[Any] | None = None, progress: Progress | None = None, **params: Any) -> dict[str, Any]:
+        if base is None:
+            raise TextworkerError("a classifier is fine-tuned from a base model; `--base scratch` is for translation")
+        texts, golds = [t for t, _ in examples], [g for _, g in examples]
+        eval_data = ([t for t, _ in eval_examples], [g for _, g in eval_examples]) if eval_examples else None
+        return train_classifier(texts, golds, out, base=base, labels=labels, eval_data=eval_data, progress=progress,
+                                **pick(params, "epochs", "lr", "batch_size", "max_length", "max_minutes", "seed"))
+
+    def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
+        """Predicted labels; a spam stage says its spam label when P(spam) >= its threshold, as it does when it runs."""
+        from worker.stages.classify import model_labels
+
+        preds, probs = predict_labels(model, tokenizer, [t for t, _ in examples], max_length=stage.max_length)
+        positive, threshold = getattr(stage, "spam_label", None), getattr(stage, "threshold", None)
+        names = model_labels(model)
+        if positive is not None and threshold is not None and positive in names and len(names) == 2:
+            index = names.index(positive)
+            preds = [positive if p[index] >= threshold else names[1 - index] for p in probs]
+        return preds
+
+    def metrics(self, stage: Any, examples: list[Any], predictions: list[Any], labels: Sequence[str] | None) -> dict[str, Any]:
+        return classification_metrics([g for _, g in examples], list(predictions), labels)
+
+
+TRAINER = ClassifyTrainer()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+from worker.errors import TextworkerError
 from worker.stages.qa_windows import (  # noqa: F401 - answer_questions re-exported (evaluation imports it from here)
     Window,
     _forward,
@@ -32,6 +33,7 @@ from worker.stages.qa_windows import (  # noqa: F401 - answer_questions re-expor
     label_window,
 )
 from worker.training import cpu_has_bf16
+from worker.training.task import StageTrainer, pick
 
 Progress = Callable[[int, int, dict], None]
 
@@ -269,3 +271,45 @@ def train_qa(
         metrics = evaluate_qa(model, eval_examples, tokenizer=tokenizer, max_length=max_length, stride=stride)
         result["metrics"] = {"exact_match": metrics["exact_match"], "f1": metrics["f1"]}
     return result
+
+
+# --------------------------------------------------------------------------- the QA StageTrainer
+
+
+class QaTrainer(StageTrainer):
+    """Training and evaluation of QA stages: examples are SQuAD rows."""
+
+    auto_model = "AutoModelForQuestionAnswering"
+    unit = "windows"
+
+    def read(self, path: str | Path, stage: Any = None, labels: Any = None, limit: int | None = None) -> list[Any]:
+        return list(load_squad(path, limit))
+
+    def encode(self, example: Any) -> dict[str, Any]:
+        return dict(example)
+
+    def decode(self, row: dict[str, Any]) -> Any:
+        return row
+
+    def train(self, stage: Any, examples: list[Any], out: str | Path, *, base: str | None, labels: Any = None,
+              eval_examples: list[Any] | None = None, progress: Progress | None = None, **params: Any) -> dict[str, Any]:
+        if base is None:
+            raise TextworkerError("a QA model is fine-tuned from a base model; `--base scratch` is for translation")
+        return train_qa(examples, out, base=base, eval_examples=eval_examples, progress=progress,
+                        **pick(params, "epochs", "lr", "batch_size", "max_length", "stride", "max_minutes", "seed"))
+
+    def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
+        """Answers as the running stage finds them (its window length, stride and longest answer)."""
+        return answer_questions(model, tokenizer, [(r["question"], r["context"]) for r in examples], max_length=stage.max_length,
+                                stride=stage.stride, max_answer_length=stage.max_answer_length)
+
+    def metrics(self, stage: Any, examples: list[Any], predictions: list[Any], labels: Any) -> dict[str, Any]:
+        scores = [squad_em_f1(a["answer"], list(r["answers"]["text"])) for a, r in zip(predictions, examples, strict=True)]
+        return {"exact_match": round(100 * sum(e for e, _ in scores) / len(scores), 2),
+                "f1": round(100 * sum(f for _, f in scores) / len(scores), 2), "n": len(scores)}
+
+    def evaluate(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any], labels: Any) -> dict[str, Any]:
+        return evaluate_qa(model, examples, tokenizer=tokenizer, max_length=stage.max_length, stride=stage.stride)
+
+
+TRAINER = QaTrainer()

@@ -33,6 +33,7 @@ from transformers import (
 
 from worker.stages.translate import _max_source_len, translate_texts  # noqa: F401 - translate_texts re-exported
 from worker.training import cpu_has_bf16
+from worker.training.task import StageTrainer, pick
 
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 MAX_POSITIONS = 256
@@ -280,3 +281,49 @@ def evaluate_translation(
     refs = [[p[1] for p in pairs]]
     return {"bleu": round(sacrebleu.corpus_bleu(hyps, refs).score, 2),
             "chrf": round(sacrebleu.corpus_chrf(hyps, refs).score, 2), "n": len(pairs)}
+
+
+# --------------------------------------------------------------------------- the translation StageTrainer
+
+
+class TranslateTrainer(StageTrainer):
+    """Training and evaluation of translate stages: examples are (source, reference) pairs."""
+
+    auto_model = "AutoModelForSeq2SeqLM"
+
+    def read(self, path: str | Path, stage: Any = None, labels: Any = None, limit: int | None = None) -> list[Any]:
+        if stage is None:
+            return [tuple(p) for p in load_pairs(path, limit=limit)]
+        return [tuple(p) for p in load_pairs(path, stage.source_lang, stage.target_lang, limit)]
+
+    def encode(self, example: Any) -> dict[str, Any]:
+        return {"source": example[0], "reference": example[1]}
+
+    def decode(self, row: dict[str, Any]) -> Any:
+        return (row["source"], row["reference"])
+
+    def train(self, stage: Any, examples: list[Any], out: str | Path, *, base: str | None, labels: Any = None,
+              eval_examples: list[Any] | None = None, progress: ProgressFn | None = None, **params: Any) -> dict[str, Any]:
+        """From scratch when `base` is None (a Marian model of `size`), else fine-tuned from `base`."""
+        return train_translation([tuple(p) for p in examples], out, base=base, eval_pairs=eval_examples, progress=progress,
+                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed"))
+
+    def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
+        return translate_texts(model, tokenizer, [src for src, _ in examples], num_beams=stage.num_beams,
+                               max_new_tokens=stage.max_new_tokens, prefix=stage.prefix)
+
+    def metrics(self, stage: Any, examples: list[Any], predictions: list[Any], labels: Any) -> dict[str, Any]:
+        import sacrebleu
+
+        refs = [ref for _, ref in examples]
+        return {"bleu": round(sacrebleu.corpus_bleu(predictions, [refs]).score, 2),
+                "chrf": round(sacrebleu.corpus_chrf(predictions, [refs]).score, 2), "n": len(predictions)}
+
+    def evaluate(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any], labels: Any) -> dict[str, Any]:
+        return evaluate_translation(model, examples, tokenizer=tokenizer, num_beams=stage.num_beams)
+
+    def counted_module(self, model: Any) -> Any:
+        return model.get_encoder()
+
+
+TRAINER = TranslateTrainer()
