@@ -304,6 +304,26 @@ class FinetuneSpec(StrictModel):
     schedule: FinetuneSchedule | None = None
 
 
+class TrainSpec(StrictModel):
+    """A stage's training recipe: what `textworker train PIPELINE --stage NAME` does with no other flags.
+
+    Paths may use `${VAR:-default}` (e.g. `${TEXTWORKER_SHARED_DATA:-../shared/data}/sst2/train.tsv`).
+    Command-line flags override each field."""
+
+    data: str = Field(min_length=1, description="Training data (TSV text/label, SQuAD JSONL or {src,tgt} JSONL).")
+    eval_data: str | None = Field(default=None, description="Held-out data the new version is scored on (also `eval`'s default).")
+    base: str | None = Field(default=None, description="Base model (default: the stage's model); `scratch` where the type can.")
+    out: str | None = Field(default=None, description="Version directory (default: a new version beside the stage's model).")
+    epochs: float | None = Field(default=None, gt=0, le=1000)
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    max_length: int | None = Field(default=None, ge=8, le=8192)
+    max_minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget; the schedule decays by wall time.")
+    size: Literal["tiny", "small", "base"] | None = Field(default=None, description="Model size when training from scratch.")
+    seed: int | None = None
+    limit: int | None = Field(default=None, ge=1, description="Use only the first N training rows.")
+
+
 class ReviewSpec(StrictModel):
     """Active learning: a stage's least confident predictions go to people (`textworker review`).
 
@@ -346,6 +366,7 @@ class StageBase(StrictModel):
         "champion and switch to it; null turns hot swap off.",
     )
     finetune: FinetuneSpec | None = Field(default=None, description="Fine-tuning from labelled feedback.")
+    train: TrainSpec | None = Field(default=None, description="The training recipe `textworker train` runs.")
     gate_metrics: ClassVar[tuple[str, ...]] = ()  # the metrics `finetune.gate.metric` may name (empty: any)
 
     def label_names(self) -> list[str]:

@@ -57,9 +57,29 @@ def _train_kwargs(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str
     return {name: getattr(args, attr) for attr, name in mapping.items() if getattr(args, attr, None) is not None}
 
 
+RECIPE_FIELDS = ("data", "eval_data", "base", "out", "epochs", "lr", "batch_size", "max_length", "max_minutes", "size", "seed", "limit")
+
+
+def with_recipe(args: argparse.Namespace, stage: StageSpec) -> argparse.Namespace:
+    """The stage's `train:` block under the flags: a flag given wins, else the block's value, else the default."""
+    recipe = getattr(stage, "train", None)
+    merged = argparse.Namespace(**vars(args))
+    for name in RECIPE_FIELDS:
+        if getattr(merged, name, None) is None and recipe is not None:
+            setattr(merged, name, getattr(recipe, name))
+    if not merged.data:
+        raise TextworkerError(f"no training data for `{stage.name}`: give --data FILE or a `train:` block with `data:` in the pipeline file")
+    if not Path(merged.data).is_file():
+        raise DataFileError(f"training data `{merged.data}` does not exist")
+    if merged.eval_data and not Path(merged.eval_data).is_file():
+        raise DataFileError(f"evaluation data `{merged.eval_data}` does not exist")
+    return merged
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     stage = spec.stage(args.stage)
+    args = with_recipe(args, stage)
     out, version = version_dir(stage, args.out)
     base = args.base or stage.model
     progress, close = _progress(args, f"train {stage.name}")
@@ -204,8 +224,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     stage = spec.stage(args.stage)
     if getattr(args, "references", False):
         return _eval_references(args, spec, stage)
+    recipe = getattr(stage, "train", None)
+    if not args.data and recipe is not None and recipe.eval_data:
+        args.data = recipe.eval_data
     if not args.data:
-        raise TextworkerError("give --data FILE, or --references to score the version on its reference sets")
+        raise TextworkerError("give --data FILE (or `train.eval_data` in the pipeline file), or --references to score the "
+                              "version on its reference sets")
     if not Path(args.data).is_file():
         raise DataFileError(f"data file `{args.data}` does not exist")
     started = time.perf_counter()
