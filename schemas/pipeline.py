@@ -513,6 +513,12 @@ class FeedbackTopic(StrictModel):
     api_version: tuple[int, int, int] | None = (2, 5, 0)
 
 
+class CacheSpec(StrictModel):
+    """The engine's duplicate-text cache (`worker.engine.dedupe`)."""
+
+    max_entries: int = Field(default=4096, ge=0, description="Texts remembered per stage (LRU); 0 turns the cache off.")
+
+
 class PipelineSpec(StrictModel):
     """A whole pipeline file."""
 
@@ -523,6 +529,7 @@ class PipelineSpec(StrictModel):
     stages: list[StageSpec] = Field(min_length=1)
     sink: SqlSink = Field(default_factory=SqlSink)
     feedback: FeedbackTopic | None = Field(default=None, description="Kafka topic of labelled feedback.")
+    cache: CacheSpec = Field(default_factory=CacheSpec, description="Identical texts computed once per stage and model version.")
 
     @field_validator("sink", mode="before")
     @classmethod

@@ -10,7 +10,8 @@ Per chunk, stage after stage:
 
 1. the stage's `when` is evaluated on each document's results so far; documents it
    does not admit skip the stage (counted, and listed per document);
-2. the admitted documents go to the executor as one call
+2. the duplicate-text cache answers the documents it can (`worker.engine.dedupe`); the
+   other admitted documents go to the executor as one call
    (`worker.engine.stage_call.run_stage` inside it: hot swap at the batch boundary,
    retries, per-document isolation, out-of-memory splitting);
 3. a call that fails as a whole (an actor lost twice, a replica gone) turns its
@@ -36,9 +37,11 @@ from schemas.documents import DeadLetter, Document, StageResult
 from schemas.pipeline import PipelineSpec
 from worker.engine.chunks import Chunk, ChunkInput, Context, Outcome, stage_error_letters, unique_docs  # noqa: F401 - re-exported
 from worker.engine.conditions import holds
+from worker.engine.dedupe import Plan, ResultCache
 from worker.engine.hooks import Hook, HookList
 
 log = logging.getLogger(__name__)
+Pending = tuple[Chunk, int, list[Document], Plan]  # a stage call in flight: its chunk, stage, admitted documents, cache plan
 MAX_LABELS = 64  # distinct labels counted per stage; the rest are "(other)" (QA answers are not labels)
 
 
@@ -110,6 +113,7 @@ class Engine:
         self.max_inflight = max_inflight
         self.totals: dict[str, StageTotals] = {s.name: StageTotals() for s in spec.stages}
         self.peak_inflight = 0
+        self.cache = ResultCache(spec, max_entries=spec.cache.max_entries)
         self._started = False
 
     def start(self) -> Engine:
@@ -135,7 +139,7 @@ class Engine:
         self.start()
         source: Iterator[ChunkInput | None] = iter(chunks)
         limit = self.max_inflight or max(1, getattr(self.executor, "parallelism", 1)) + 1
-        pending: dict[Any, tuple[Chunk, int, list[Document]]] = {}
+        pending: dict[Any, Pending] = {}
         finished: dict[int, Chunk] = {}
         active = next_seq = emit_seq = 0
         exhausted = False
@@ -181,12 +185,16 @@ class Engine:
         while (step := self._next_call(chunk)) is not None:
             index, eligible, context = step
             name = self.spec.stages[index].name
-            try:
-                outcomes, delta = await call(index, eligible, context)
-            except Exception as exc:  # noqa: BLE001 - a failed call is data for its documents
-                log.warning("stage call failed", extra={"stage": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                outcomes, delta = stage_error_letters(eligible, name, exc), {}
-            self._merge(chunk, index, eligible, list(outcomes), dict(delta))
+            plan = self.cache.plan(index, eligible)
+            outcomes: Any = []
+            delta: Any = {}
+            if plan.send:
+                try:
+                    outcomes, delta = await call(index, plan.send, {d.id: context[d.id] for d in plan.send})
+                except Exception as exc:  # noqa: BLE001 - a failed call is data for its documents
+                    log.warning("stage call failed", extra={"stage": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                    outcomes, delta = stage_error_letters(plan.send, name, exc), {}
+            self._merge(chunk, index, eligible, self._expand(index, plan, list(outcomes)), self._counted(plan, dict(delta)))
         self.hooks.on_chunk(self.spec, chunk)
         return chunk
 
@@ -211,26 +219,36 @@ class Engine:
                 return index, eligible, {d.id: chunk.context[d.id] for d in eligible}
         return None
 
-    def _advance(self, chunk: Chunk, pending: dict[Any, tuple[Chunk, int, list[Document]]], finished: dict[int, Chunk]) -> None:
-        step = self._next_call(chunk)
-        if step is None:
-            finished[chunk.seq] = chunk
-            return
-        index, eligible, context = step
-        ticket = self.executor.submit(index, eligible, context)
-        pending[ticket] = (chunk, index, eligible)
+    def _advance(self, chunk: Chunk, pending: dict[Any, Pending], finished: dict[int, Chunk]) -> None:
+        """Start the chunk's next stage call (the cache answers what it can); a chunk with none left is finished."""
+        while (step := self._next_call(chunk)) is not None:
+            index, eligible, context = step
+            plan = self.cache.plan(index, eligible)
+            if plan.send:
+                ticket = self.executor.submit(index, plan.send, {d.id: context[d.id] for d in plan.send})
+                pending[ticket] = (chunk, index, eligible, plan)
+                return
+            self._merge(chunk, index, eligible, self._expand(index, plan, []), self._counted(plan, {}))
+        finished[chunk.seq] = chunk
 
-    def _harvest(self, pending: dict[Any, tuple[Chunk, int, list[Document]]], finished: dict[int, Chunk], timeout: float | None) -> None:
+    def _harvest(self, pending: dict[Any, Pending], finished: dict[int, Chunk], timeout: float | None) -> None:
         """Merge finished calls and move their chunks on; blocks for one when `timeout` is None."""
         while pending:
             done = self.executor.done(timeout)
             if not done:
                 return
             for ticket, outcomes, delta in done:
-                chunk, index, eligible = pending.pop(ticket)
-                self._merge(chunk, index, eligible, outcomes, delta)
+                chunk, index, eligible, plan = pending.pop(ticket)
+                self._merge(chunk, index, eligible, self._expand(index, plan, outcomes), self._counted(plan, delta))
                 self._advance(chunk, pending, finished)
             timeout = 0.0
+
+    def _expand(self, index: int, plan: Plan, outcomes: list[Outcome]) -> list[Outcome]:
+        return plan.outcomes(outcomes, self.cache.store(index))
+
+    @staticmethod
+    def _counted(plan: Plan, delta: dict[str, float]) -> dict[str, float]:
+        return {**delta, "cache_hits": delta.get("cache_hits", 0) + plan.saved} if plan.saved else delta
 
     def _merge(self, chunk: Chunk, index: int, eligible: list[Document], outcomes: list[Outcome], delta: dict[str, float]) -> None:
         name = self.spec.stages[index].name

@@ -45,6 +45,8 @@ STAGE_IN = Counter("textworker_stage_documents_in", "Documents handed to a stage
 STAGE_OUT = Counter("textworker_stage_documents_out", "Results a stage produced.", STAGE, registry=REGISTRY)
 STAGE_FAILED = Counter("textworker_stage_documents_failed", "Documents a stage turned into dead letters.", STAGE, registry=REGISTRY)
 STAGE_SKIPPED = Counter("textworker_stage_documents_skipped", "Documents a stage's `when` did not admit.", STAGE, registry=REGISTRY)
+CACHE_HITS = Counter("textworker_stage_cache_hits", "Documents answered by the duplicate-text cache, without a stage call.", STAGE,
+                     registry=REGISTRY)
 STAGE_SECONDS = Histogram("textworker_stage_batch_seconds", "Time of one stage call over one chunk's documents.", STAGE,
                           buckets=LATENCY_BUCKETS, registry=REGISTRY)
 STAGE_BATCH = Histogram("textworker_stage_batch_documents", "Documents in one stage call.", STAGE, buckets=SIZE_BUCKETS, registry=REGISTRY)
@@ -133,6 +135,8 @@ def observe_stage_delta(pipeline: str, stage: str, model_version: str, *, skippe
     STAGE_FAILED.labels(*labels).inc(failed)
     STAGE_BATCH.labels(*labels).observe(docs_in)
     STAGE_SECONDS.labels(*labels).observe(seconds)
+    if delta.get("cache_hits"):
+        CACHE_HITS.labels(*labels).inc(int(delta["cache_hits"]))
     real, padded = int(delta.get("real_tokens", 0)), int(delta.get("padded_tokens", 0))
     MODEL_BATCHES.labels(*labels).inc(int(delta.get("batches", 0)))
     TOKENS.labels(*labels).inc(real)

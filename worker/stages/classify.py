@@ -177,8 +177,13 @@ def spam_confidence(spec: SpamStage, result: StageResult) -> tuple[float, float]
     return confidence, abs(2 * p_spam - 1)
 
 
+def text_key(spec: Any, doc: Document) -> str:
+    """The duplicate-text cache key of a stage whose output depends on the text alone."""
+    return doc.text
+
+
 _LABELLED: dict[str, Any] = {
-    "label_set": True, "feedback_row": labelled_row, "feedback_example": labelled_example, "text_label_table": True,
+    "cache_key": text_key, "label_set": True, "feedback_row": labelled_row, "feedback_example": labelled_example, "text_label_table": True,
     "charts_labels": True, "trainer": "worker.training.classify:TRAINER",
 }
 PLUGINS = (

@@ -10,6 +10,8 @@ outside it branches on the `type:` string:
 
 - inference: `spec`, `stage`; how one result reads in a line (`show`);
 - its default model, built offline by `make models` (`build_default`);
+- what its output depends on, for the engine's duplicate-text cache (`cache_key`; see
+  `worker.engine.dedupe`);
 - whether it labels from a fixed set (`label_set`), which labels (`labels`), and the gate's
   default metric (`default_metric`);
 - labelled feedback: the fields of a row (`feedback_row`), the header names a CSV/TSV may use
@@ -70,6 +72,8 @@ class StagePlugin:
     description: str = ""
     show: Callable[[StageResult], str] = show_label
     build_default: Callable[[Path, Callable[[str], None]], Path] | None = None
+    # the engine's duplicate-text cache: the key of what the stage's output depends on (None: never cached)
+    cache_key: Callable[[Any, Any], str | None] | None = None
     # labels, gate
     label_set: bool = False  # its outputs are labels from a fixed set (a feedback row carries a label)
     labels: Callable[[Any], list[str] | None] = _no_labels

@@ -84,6 +84,12 @@ def _feedback_example(spec: QaStage, row: Any) -> dict[str, Any]:
             "answers": {"text": [answer], "answer_start": [row.text.find(answer)]}}
 
 
+def _cache_key(spec: QaStage, doc: Document) -> str:
+    """The text and the document's own question (the stage's fixed questions are the same for every document)."""
+    question = doc.meta.get(spec.question_field) if spec.question_field else None
+    return f"{question!r}\x00{doc.text}"
+
+
 def _sample(output: dict[str, Any]) -> dict[str, Any]:
     answers = output.get("answers") or []
     first = answers[0] if answers and isinstance(answers[0], dict) else {}
@@ -96,6 +102,6 @@ def _clip(text: Any, limit: int) -> str:
 
 
 PLUGINS = (StagePlugin("qa", QaStage, QuestionAnswerStage, "extractive question answering over windows", show=_show_answer,
-                       default_metric=lambda spec: "f1", feedback_row=_feedback_row, feedback_example=_feedback_example,
+                       default_metric=lambda spec: "f1", cache_key=_cache_key, feedback_row=_feedback_row, feedback_example=_feedback_example,
                        recognise=lambda output: "answers" in output, sample=_sample, trainer="worker.training.qa:TRAINER",
                        pretrained_stage=lambda stage: stage if stage.get("questions") else {"question_field": "question", **stage}),)

@@ -208,7 +208,7 @@ def _sample(output: dict[str, Any]) -> dict[str, Any]:
 
 
 PLUGINS = (StagePlugin("translate", TranslateStage, TranslateTextStage, "machine translation, sentence by sentence when long",
-                       show=_show, default_metric=lambda spec: "bleu", feedback_row=_feedback_row,
+                       show=_show, default_metric=lambda spec: "bleu", cache_key=lambda spec, doc: doc.text, feedback_row=_feedback_row,
                        feedback_example=lambda spec, row: (row.text, row.reference),
                        table_fields=lambda spec: {spec.source_lang, spec.target_lang},
                        recognise=lambda output: "translation" in output, sample=_sample,

@@ -1,0 +1,105 @@
+"""The duplicate-text cache's gain on a stream with repeated texts.
+
+AG News test texts (../shared/data) go through pipelines/stream.yaml's stages (sentiment +
+spam) in one process, in chunks of 256 as the Kafka driver hands them over, twice per
+mix: with the cache (`cache.max_entries` 4096, the default) and without it (0). In the
+repeated mix, `--repeat` (default 0.3) of the documents re-send a text seen among the
+previous 2,000 (a spam flood, a retweet, a re-sent message); the unique mix has none.
+Model loading is excluded; docs/s is documents over the engine's time. Prints the CPU
+model and ISA flags with the figures.
+
+    .venv/bin/python benchmarks/dedupe.py [--docs 3000] [--repeat 0.3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu() -> dict[str, Any]:
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(found.group(1).split()) if found else set()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {"model": model.group(1).strip() if model else platform.processor(), "cores": os.cpu_count(),
+            "isa": [f for f in wanted if f in flags]}
+
+
+def texts(shared: Path, count: int, repeat: float, seed: int = 0) -> list[str]:
+    rows = [line.split("\t") for line in (shared / "ag_news" / "test.tsv").read_text(encoding="utf-8").splitlines()]
+    pool = [r[1] for r in rows if len(r) == 2 and r[1].strip()]
+    rng = random.Random(seed)
+    out: list[str] = []
+    fresh = iter(pool * (count // len(pool) + 1))
+    for _ in range(count):
+        out.append(rng.choice(out[-2000:]) if out and rng.random() < repeat else next(fresh))
+    return out
+
+
+def measure(items: list[str], max_entries: int) -> dict[str, Any]:
+    import yaml
+
+    from schemas.documents import Document
+    from schemas.pipeline import PipelineSpec
+    from worker.assembly import build_engine
+    from worker.engine import ChunkInput
+
+    raw = yaml.safe_load((REPO / "pipelines" / "stream.yaml").read_text(encoding="utf-8"))
+    raw["source"] = {"type": "file", "path": "-"}
+    raw["cache"] = {"max_entries": max_entries}
+    for stage in raw["stages"]:
+        stage["swap_check_seconds"] = None
+    spec = PipelineSpec.model_validate(raw)
+    engine = build_engine(spec, "local", hooks=[]).start()
+    docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(items)]
+    done = 0
+
+    def count(chunk: Any) -> None:
+        nonlocal done
+        done += len(chunk.results)
+
+    started = time.perf_counter()
+    engine.run((ChunkInput(docs[i:i + 256]) for i in range(0, len(docs), 256)), count)
+    seconds = time.perf_counter() - started
+    hits = sum(int(s.get("cache_hits", 0)) for s in engine.stage_summary().values())
+    engine.close()
+    return {"docs_per_s": round(len(docs) / seconds, 1), "seconds": round(seconds, 2), "results": done, "cache_hits": hits}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=3000)
+    parser.add_argument("--repeat", type=float, default=0.3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TEXTWORKER_MODELS_DIR", str(REPO / "models"))
+    shared = Path(os.environ.get("TEXTWORKER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "docs": args.docs, "repeat": args.repeat}
+    for mix, share in (("repeated", args.repeat), ("unique", 0.0)):
+        items = texts(shared, args.docs, share)
+        cached, plain = measure(items, 4096), measure(items, 0)
+        report[mix] = {"with_cache": cached, "without_cache": plain,
+                       "ratio": round(cached["docs_per_s"] / plain["docs_per_s"], 2)}
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(f"{report['date']} {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['isa'])})")
+    for mix in ("repeated", "unique"):
+        row = report[mix]
+        print(f"{mix:>9}: with cache {row['with_cache']['docs_per_s']} docs/s ({row['with_cache']['cache_hits']} hits), "
+              f"without {row['without_cache']['docs_per_s']} docs/s: {row['ratio']}x")
+
+
+if __name__ == "__main__":
+    main()

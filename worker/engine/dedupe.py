@@ -1,0 +1,129 @@
+"""Identical inputs are computed once per stage and model version.
+
+Spam floods, retweets and re-sent messages repeat texts. Before a stage call the engine
+looks each admitted document up by the stage type's cache key (its plug-in's
+`cache_key`: the text, plus the question for QA; a type without one, like `embed`
+whose near-duplicate label depends on what came before, is never cached):
+
+- a document whose key is in the cache gets a copy of the cached result (its own id);
+- documents of one call that share a key are sent once, and the others get copies;
+- everything else goes to the executor as before.
+
+Only results are kept (a dead letter is computed again). The cache is a bounded LRU
+per stage (`cache.max_entries` keys, sha256 digests, not texts). A result computed with
+another model version than the cached ones (a hot swap) empties the stage's cache, and
+an entry lives at most the stage's `swap_check_seconds`, so a swap shows as soon as it
+would without the cache. Documents answered without a stage call (hits and twins) are
+counted per stage: `cache_hits` in the run summary, `textworker_stage_cache_hits_total`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.documents import Document, StageResult
+from schemas.pipeline import PipelineSpec
+from worker.engine.chunks import Outcome
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Plan:
+    """One stage call after the cache: what to send, what is already known, which documents share a key."""
+
+    send: list[Document]
+    hits: list[StageResult] = field(default_factory=list)
+    twins: dict[str, list[Document]] = field(default_factory=dict)  # sent doc id -> the documents with its key
+    keys: dict[str, bytes] = field(default_factory=dict)  # sent doc id -> its key
+
+    def outcomes(self, computed: list[Outcome], store: Callable[[bytes, StageResult], None]) -> list[Outcome]:
+        """The computed outcomes, a copy of each for the sent document's twins (a result, or the same dead
+        letter: the input was the same), and the cache hits; new results are stored."""
+        out: list[Outcome] = list(computed)
+        for outcome in computed:
+            if isinstance(outcome, StageResult):
+                sent = outcome.doc_id
+                if sent in self.keys:
+                    store(self.keys[sent], outcome)
+                out.extend(outcome.model_copy(update={"doc_id": twin.id}) for twin in self.twins.get(sent, ()))
+            else:
+                out.extend(outcome.model_copy(update={"ref": twin.id}) for twin in self.twins.get(outcome.ref, ()))
+        return out + list(self.hits)
+
+    @property
+    def saved(self) -> int:
+        """Documents not sent to the stage: hits plus twins."""
+        return len(self.hits) + sum(len(twins) for twins in self.twins.values())
+
+
+class ResultCache:
+    """The per-stage LRU of the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, key_of: Callable[[Any, Document], str | None] | None = None,
+                 *, max_entries: int = 4096, clock: Clock = time.monotonic) -> None:
+        from worker.stages import plugin_for
+
+        self.spec = spec
+        self.max_entries = max_entries
+        self.clock = clock
+        self._key_of = [key_of if key_of is not None else plugin_for(s.type).cache_key for s in spec.stages]
+        self._entries: list[OrderedDict[bytes, tuple[float, StageResult]]] = [OrderedDict() for _ in spec.stages]
+        self._versions: list[str | None] = [None for _ in spec.stages]
+
+    def _key(self, index: int, doc: Document) -> bytes | None:
+        key_of = self._key_of[index]
+        if key_of is None or self.max_entries <= 0:
+            return None
+        text = key_of(self.spec.stages[index], doc)
+        return None if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+    def plan(self, index: int, docs: list[Document]) -> Plan:
+        """Split a call's documents into hits, documents to send and their twins."""
+        if self._key_of[index] is None or self.max_entries <= 0:
+            return Plan(send=list(docs))
+        entries = self._entries[index]
+        max_age = self.spec.stages[index].swap_check_seconds
+        now = self.clock()
+        plan = Plan(send=[])
+        first: dict[bytes, str] = {}
+        for doc in docs:
+            key = self._key(index, doc)
+            if key is None:
+                plan.send.append(doc)
+                continue
+            cached = entries.get(key)
+            if cached is not None and (max_age is None or now - cached[0] <= max_age):
+                entries.move_to_end(key)
+                plan.hits.append(cached[1].model_copy(update={"doc_id": doc.id}))
+                continue
+            if key in first:
+                plan.twins.setdefault(first[key], []).append(doc)
+                continue
+            first[key] = doc.id
+            plan.keys[doc.id] = key
+            plan.send.append(doc)
+        return plan
+
+    def store(self, index: int) -> Callable[[bytes, StageResult], None]:
+        """The function `Plan.outcomes` stores stage `index`'s new results with."""
+        entries = self._entries[index]
+
+        def put(key: bytes, result: StageResult) -> None:
+            if self._versions[index] is not None and result.model_version != self._versions[index]:
+                entries.clear()  # a hot swap: nothing computed by the old version is served again
+            self._versions[index] = result.model_version
+            entries[key] = (self.clock(), result)
+            entries.move_to_end(key)
+            while len(entries) > self.max_entries:
+                entries.popitem(last=False)
+
+        return put
+
+    def size(self, index: int) -> int:
+        return len(self._entries[index])
