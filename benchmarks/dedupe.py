@@ -16,24 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu() -> dict[str, Any]:
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(found.group(1).split()) if found else set()
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {"model": model.group(1).strip() if model else platform.processor(), "cores": os.cpu_count(),
-            "isa": [f for f in wanted if f in flags]}
 
 
 def texts(shared: Path, count: int, repeat: float, seed: int = 0) -> list[str]:
@@ -85,7 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TEXTWORKER_MODELS_DIR", str(REPO / "models"))
     shared = Path(os.environ.get("TEXTWORKER_SHARED_DATA", REPO.parent / "shared" / "data"))
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu(), "docs": args.docs, "repeat": args.repeat}
+    from worker.bench import machine, machine_line
+
+    report: dict[str, Any] = {"machine": machine(), "docs": args.docs, "repeat": args.repeat}
     for mix, share in (("repeated", args.repeat), ("unique", 0.0)):
         items = texts(shared, args.docs, share)
         cached, plain = measure(items, 4096), measure(items, 0)
@@ -94,7 +84,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{report['date']} {report['cpu']['model']} ({report['cpu']['cores']} cores; {' '.join(report['cpu']['isa'])})")
+    print(machine_line(report["machine"]))
     for mix in ("repeated", "unique"):
         row = report[mix]
         print(f"{mix:>9}: with cache {row['with_cache']['docs_per_s']} docs/s ({row['with_cache']['cache_hits']} hits), "

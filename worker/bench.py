@@ -49,6 +49,29 @@ def bench_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: the date, CPU model, logical cores and the ISA flags that decide matmul speed."""
+    import platform
+    import re
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        info = ""
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags_line = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    flags = set(flags_line.group(1).split()) if flags_line else set()
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": model.group(1).strip() if model else platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "isa": [flag for flag in ISA_FLAGS if flag in flags]}
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return f"{info['date']}, {info['cpu']}, {info['cores']} logical cores, ISA: {' '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS)}"
+
+
 def matmul_peak_gflops(size: int | None = None, repeats: int = 8, device: str = "cpu") -> float:
     """Best observed matmul rate: fp32 on CPU (all torch threads), bf16 on CUDA (the tensor-core peak)."""
     import torch
@@ -216,7 +239,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         "torch_threads": torch.get_num_threads(), "peak_dtype": "bf16" if device == "cuda" else "fp32",
         "matmul_peak_gflops": round(peak, 1), "forward_gflop_per_doc": round(flops / 1e9, 4),
         "docs_per_s": {k: round(v, 2) for k, v in rates.items()}, "textworker_over": ratios,
-        "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None,
+        "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
     }
 
 
@@ -233,6 +256,7 @@ def render_bench(result: dict[str, Any]) -> str:
     tw = rates.get("textworker")
     where = result.get("gpu") or f"{result['torch_threads']} torch threads"
     lines = [
+        f"machine: {machine_line(result['machine'])}" if result.get("machine") else "machine: not recorded",
         f"bench: {result['docs']} documents, mean {result['mean_tokens']} tokens (max {result['max_length']}), "
         f"{where}, {result['peak_dtype']} matmul peak {result['matmul_peak_gflops']} GFLOP/s",
         f"model: {result['model']} ({result['parameters'] / 1e6:.1f}M parameters)",
