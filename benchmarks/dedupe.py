@@ -1,8 +1,8 @@
 """The duplicate-text cache's gain on a stream with repeated texts.
 
-AG News test texts (../shared/data) go through pipelines/stream.yaml's stages (sentiment +
-spam) in one process, in chunks of 256 as the Kafka driver hands them over, twice per
-mix: with the cache (`cache.max_entries` 4096, the default) and without it (0). In the
+AG News texts (../shared/data, the training split: 10,000 distinct texts) go through
+pipelines/stream.yaml's stages (sentiment + spam) in one process, in chunks of 256 as the
+Kafka driver hands them over, twice per mix: with the cache (`cache.max_entries` 4096, the default) and without it (0). In the
 repeated mix, `--repeat` (default 0.3) of the documents re-send a text seen among the
 previous 2,000 (a spam flood, a retweet, a re-sent message); the unique mix has none.
 Model loading is excluded; docs/s is documents over the engine's time. Prints the CPU
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def texts(shared: Path, count: int, repeat: float, seed: int = 0) -> list[str]:
-    rows = [line.split("\t") for line in (shared / "ag_news" / "test.tsv").read_text(encoding="utf-8").splitlines()]
+    rows = [line.split("\t") for line in (shared / "ag_news" / "train.tsv").read_text(encoding="utf-8").splitlines()]
     pool = [r[1] for r in rows if len(r) == 2 and r[1].strip()]
     rng = random.Random(seed)
     out: list[str] = []
@@ -36,19 +36,15 @@ def texts(shared: Path, count: int, repeat: float, seed: int = 0) -> list[str]:
 
 
 def measure(items: list[str], max_entries: int) -> dict[str, Any]:
-    import yaml
-
     from schemas.documents import Document
-    from schemas.pipeline import PipelineSpec
+    from schemas.pipeline import CacheSpec, FileSource
     from worker.assembly import build_engine
+    from worker.config import load_pipeline
     from worker.engine import ChunkInput
 
-    raw = yaml.safe_load((REPO / "pipelines" / "stream.yaml").read_text(encoding="utf-8"))
-    raw["source"] = {"type": "file", "path": "-"}
-    raw["cache"] = {"max_entries": max_entries}
-    for stage in raw["stages"]:
-        stage["swap_check_seconds"] = None
-    spec = PipelineSpec.model_validate(raw)
+    spec = load_pipeline(str(REPO / "pipelines" / "stream.yaml"), {"KAFKA_BOOTSTRAP_SERVERS": "unused:9092", **os.environ})
+    stages = [stage.model_copy(update={"swap_check_seconds": None}) for stage in spec.stages]
+    spec = spec.model_copy(update={"source": FileSource(path="-"), "stages": stages, "cache": CacheSpec(max_entries=max_entries)})
     engine = build_engine(spec, "local", hooks=[]).start()
     docs = [Document(id=f"d{i}", text=t) for i, t in enumerate(items)]
     done = 0
