@@ -47,25 +47,27 @@ def test_identical_texts_are_computed_once_and_answered_alike(models_dir: Path) 
         cold.close()
 
 
-def test_a_hot_swap_and_age_empty_the_cache_and_failures_reach_every_twin(models_dir: Path) -> None:
-    now = [0.0]
-    spec = _spec(models_dir)
-    spec = spec.model_copy(update={"stages": [spec.stages[0].model_copy(update={"swap_check_seconds": 5.0})]})
-    cache = ResultCache(spec, max_entries=2, clock=lambda: now[0])
+def test_a_stage_that_can_swap_reuses_only_within_a_call_and_failures_reach_every_twin(models_dir: Path) -> None:
+    fixed = _spec(models_dir)  # hot swap off: results of earlier calls are reused
+    swapping = _spec(models_dir)
+    swapping = swapping.model_copy(update={"stages": [swapping.stages[0].model_copy(update={"swap_check_seconds": 5.0})]})
     docs = [Document(id=str(i), text=text) for i, text in enumerate(["x", "y", "x"])]
-    plan = cache.plan(0, docs)
-    assert [d.id for d in plan.send] == ["0", "1"] and [d.id for d in plan.twins["0"]] == ["2"]
-    out = plan.outcomes([StageResult(doc_id="0", stage="spam", label="ham", model_version="v1"),
-                         DeadLetter(ref="1", stage="spam", reason="stage_error")], cache.store(0))
-    assert {(getattr(o, "doc_id", None) or o.ref) for o in out} == {"0", "1", "2"}
-    assert cache.size(0) == 1  # dead letters are not kept
-    hit = cache.plan(0, [Document(id="9", text="x")])
-    assert not hit.send and hit.hits[0].doc_id == "9" and hit.hits[0].model_version == "v1"
-    now[0] = 6.0  # older than swap_check_seconds: computed again
-    assert [d.id for d in cache.plan(0, [Document(id="9", text="x")]).send] == ["9"]
+    for spec in (fixed, swapping):
+        cache = ResultCache(spec, max_entries=2)
+        plan = cache.plan(0, docs)
+        assert [d.id for d in plan.send] == ["0", "1"] and [d.id for d in plan.twins["0"]] == ["2"]
+        out = plan.outcomes([StageResult(doc_id="0", stage="spam", label="ham", model_version="v1"),
+                             DeadLetter(ref="1", stage="spam", reason="stage_error")], cache.store(0))
+        assert sorted(getattr(o, "doc_id", None) or o.ref for o in out) == ["0", "1", "2"]  # the twin of "0" got its result
+        later = cache.plan(0, [Document(id="9", text="x"), Document(id="8", text="y")])
+        if spec is fixed:
+            assert [d.id for d in later.send] == ["8"] and later.hits[0].doc_id == "9"  # dead letters are not kept
+        else:
+            assert [d.id for d in later.send] == ["9", "8"] and not later.hits  # models/spam is a family with hot swap on
+    cache = ResultCache(fixed, max_entries=2)
     store = cache.store(0)
     store(b"k1", StageResult(doc_id="a", stage="spam", model_version="v1"))
-    store(b"k2", StageResult(doc_id="b", stage="spam", model_version="v2"))  # a hot swap: v1's entries go
+    store(b"k2", StageResult(doc_id="b", stage="spam", model_version="v2"))  # another version: v1's entries go
     assert cache.size(0) == 1
     store(b"k3", StageResult(doc_id="c", stage="spam", model_version="v2"))
     store(b"k4", StageResult(doc_id="d", stage="spam", model_version="v2"))

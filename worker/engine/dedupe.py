@@ -5,22 +5,25 @@ looks each admitted document up by the stage type's cache key (its plug-in's
 `cache_key`: the text, plus the question for QA; a type without one, like `embed`
 whose near-duplicate label depends on what came before, is never cached):
 
-- a document whose key is in the cache gets a copy of the cached result (its own id);
-- documents of one call that share a key are sent once, and the others get copies;
+- documents of one call that share a key are sent once, and the others get copies of
+  its outcome (every result of a call comes from one model version);
+- on a stage that cannot swap models (hot swap off, or a model that is not a family of
+  versions), a document whose key was computed before gets a copy of that result;
 - everything else goes to the executor as before.
 
-Only results are kept (a dead letter is computed again). The cache is a bounded LRU
-per stage (`cache.max_entries` keys, sha256 digests, not texts). A result computed with
-another model version than the cached ones (a hot swap) empties the stage's cache, and
-an entry lives at most the stage's `swap_check_seconds`, so a swap shows as soon as it
-would without the cache. Documents answered without a stage call (hits and twins) are
-counted per stage: `cache_hits` in the run summary, `textworker_stage_cache_hits_total`.
+Results of earlier calls are not reused on a stage that can swap: the stage looks for a
+new champion at each batch boundary, inside its executor (an actor, perhaps), so a
+remembered result might come from the version it has just replaced, and one chunk would
+then hold results of two versions. Only results are kept (a dead letter is computed
+again). The cache is a bounded LRU per stage (`cache.max_entries` keys, sha256 digests,
+not texts); a result of another model version empties it. Documents answered without a
+stage call (hits and twins) are counted per stage: `cache_hits` in the run summary,
+`textworker_stage_cache_hits_total`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +32,6 @@ from typing import Any
 from schemas.documents import Document, StageResult
 from schemas.pipeline import PipelineSpec
 from worker.engine.chunks import Outcome
-
-Clock = Callable[[], float]
 
 
 @dataclass
@@ -62,19 +63,26 @@ class Plan:
         return len(self.hits) + sum(len(twins) for twins in self.twins.values())
 
 
+def _fixed_model(stage: Any) -> bool:
+    """A stage that never swaps its model: hot swap off, or a model that is not a family of versions."""
+    from worker.engine.swap import model_family
+
+    return stage.swap_check_seconds is None or model_family(str(stage.model)) is None
+
+
 class ResultCache:
     """The per-stage LRU of the module docstring."""
 
     def __init__(self, spec: PipelineSpec, key_of: Callable[[Any, Document], str | None] | None = None,
-                 *, max_entries: int = 4096, clock: Clock = time.monotonic) -> None:
+                 *, max_entries: int = 4096) -> None:
         from worker.stages import plugin_for
 
         self.spec = spec
         self.max_entries = max_entries
-        self.clock = clock
         self._key_of = [key_of if key_of is not None else plugin_for(s.type).cache_key for s in spec.stages]
-        self._entries: list[OrderedDict[bytes, tuple[float, StageResult]]] = [OrderedDict() for _ in spec.stages]
+        self._entries: list[OrderedDict[bytes, StageResult]] = [OrderedDict() for _ in spec.stages]
         self._versions: list[str | None] = [None for _ in spec.stages]
+        self._remember = [_fixed_model(stage) for stage in spec.stages]
 
     def _key(self, index: int, doc: Document) -> bytes | None:
         key_of = self._key_of[index]
@@ -88,8 +96,6 @@ class ResultCache:
         if self._key_of[index] is None or self.max_entries <= 0:
             return Plan(send=list(docs))
         entries = self._entries[index]
-        max_age = self.spec.stages[index].swap_check_seconds
-        now = self.clock()
         plan = Plan(send=[])
         first: dict[bytes, str] = {}
         for doc in docs:
@@ -97,10 +103,10 @@ class ResultCache:
             if key is None:
                 plan.send.append(doc)
                 continue
-            cached = entries.get(key)
-            if cached is not None and (max_age is None or now - cached[0] <= max_age):
+            cached = entries.get(key) if self._remember[index] else None
+            if cached is not None:
                 entries.move_to_end(key)
-                plan.hits.append(cached[1].model_copy(update={"doc_id": doc.id}))
+                plan.hits.append(cached.model_copy(update={"doc_id": doc.id}))
                 continue
             if key in first:
                 plan.twins.setdefault(first[key], []).append(doc)
@@ -111,14 +117,16 @@ class ResultCache:
         return plan
 
     def store(self, index: int) -> Callable[[bytes, StageResult], None]:
-        """The function `Plan.outcomes` stores stage `index`'s new results with."""
+        """The function `Plan.outcomes` stores stage `index`'s new results with (a no-op where results are not reused)."""
         entries = self._entries[index]
 
         def put(key: bytes, result: StageResult) -> None:
+            if not self._remember[index]:
+                return
             if self._versions[index] is not None and result.model_version != self._versions[index]:
-                entries.clear()  # a hot swap: nothing computed by the old version is served again
+                entries.clear()
             self._versions[index] = result.model_version
-            entries[key] = (self.clock(), result)
+            entries[key] = result
             entries.move_to_end(key)
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
