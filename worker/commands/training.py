@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.pipeline import PipelineSpec
+from schemas.pipeline import PipelineSpec, TrainSpec
 from worker.config import load_pipeline
 from worker.console import default_models_dir, emit
 from worker.errors import DataFileError, TextworkerError
@@ -23,8 +23,9 @@ from worker.training.data import read_texts  # noqa: F401 - re-exported
 StageSpec = Any  # a stage spec of any registered type
 
 
-def stage_labels(stage: StageSpec) -> list[str] | None:
-    """The labels the stage is configured with (None: whatever the data holds)."""
+def configured_labels(stage: StageSpec) -> list[str] | None:
+    """The labels the stage is configured with (None: whatever the data holds; unlike the lifecycle's
+    `stage_labels`, the model's own labels are not read, so a new label set can be trained)."""
     return plugin_for(stage.type).labels(stage)
 
 
@@ -57,7 +58,7 @@ def _train_kwargs(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str
     return {name: getattr(args, attr) for attr, name in mapping.items() if getattr(args, attr, None) is not None}
 
 
-RECIPE_FIELDS = ("data", "eval_data", "base", "out", "epochs", "lr", "batch_size", "max_length", "max_minutes", "size", "seed", "limit")
+RECIPE_FIELDS = tuple(TrainSpec.model_fields)  # each one a `train` flag of the same name
 
 
 def with_recipe(args: argparse.Namespace, stage: StageSpec) -> argparse.Namespace:
@@ -89,9 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         close()
     info.setdefault("train_seconds", round(time.perf_counter() - started, 1))
-    evals = [("eval", args.eval_data, read_examples(stage.type, args.eval_data, stage, stage_labels(stage)))] if args.eval_data else []
+    evals = [("eval", args.eval_data, read_examples(stage.type, args.eval_data, stage, configured_labels(stage)))] if args.eval_data else []
     finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(args.data), info=info, version=version,
-                   evals=evals, stage=stage, labels=stage_labels(stage))
+                   evals=evals, stage=stage, labels=configured_labels(stage))
     if args.promote:
         loading.set_current_version(out.parent, out)
     metrics = info.get("metrics") or {}
@@ -105,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, progress: Any) -> dict[str, Any]:
     """Train through the stage type's trainer; `--base scratch` starts from nothing where the type can."""
     trainer = plugin_for(stage.type).load_trainer()
-    labels = stage_labels(stage)
+    labels = configured_labels(stage)
     examples = trainer.read(args.data, stage, labels, args.limit)
     evals = trainer.read(args.eval_data, stage, labels) if args.eval_data else None
     params = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed",
@@ -141,7 +142,7 @@ def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str |
     net = loading.load_pretrained(getattr(transformers, trainer.auto_model), ref).eval()
     if progress is not None:
         _count_inputs(trainer.counted_module(net), progress)
-    labels = stage_labels(stage)
+    labels = configured_labels(stage)
     result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data}
     result["metrics"] = trainer.evaluate(stage, net, tokenizer, trainer.read(data, stage, labels, limit), labels)
     return result
@@ -168,7 +169,7 @@ def evaluate_references(stage: StageSpec, model_dir: str, registry_sets: list[di
             if ref.name not in stored or "rows_data" not in stored[ref.name]:
                 raise
             rows[ref.name] = references.decode_rows(ref.task, stored[ref.name]["rows_data"])
-    scores = score_model(stage, model_dir, rows, stage_labels(stage)) if rows else {}
+    scores = score_model(stage, model_dir, rows, configured_labels(stage)) if rows else {}
     metric = gate.rules_for(stage).metric
     out = []
     for ref in sets:

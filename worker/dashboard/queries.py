@@ -24,6 +24,7 @@ from schemas.pipeline import PipelineSpec
 from worker.sinks import tables
 from worker.sinks.sql import make_engine, migrate, normalise_url
 from worker.stages import STAGE_TYPES, StagePlugin
+from worker.stages.plugin import clip
 
 MAX_PAGE = 200
 TOP_LABELS = 20
@@ -56,8 +57,7 @@ def _iso(value: Any) -> str | None:
 
 
 def _clip(text: Any, limit: int = 300) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return clip(text, limit)
 
 
 def bucket_for(span_s: float, buckets: int = 60) -> int:

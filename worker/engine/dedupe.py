@@ -84,22 +84,17 @@ class ResultCache:
         self._versions: list[str | None] = [None for _ in spec.stages]
         self._remember = [_fixed_model(stage) for stage in spec.stages]
 
-    def _key(self, index: int, doc: Document) -> bytes | None:
-        key_of = self._key_of[index]
-        if key_of is None or self.max_entries <= 0:
-            return None
-        text = key_of(self.spec.stages[index], doc)
-        return None if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-
     def plan(self, index: int, docs: list[Document]) -> Plan:
         """Split a call's documents into hits, documents to send and their twins."""
-        if self._key_of[index] is None or self.max_entries <= 0:
+        key_of = self._key_of[index]
+        if key_of is None or self.max_entries <= 0:
             return Plan(send=list(docs))
-        entries = self._entries[index]
+        stage, entries = self.spec.stages[index], self._entries[index]
         plan = Plan(send=[])
         first: dict[bytes, str] = {}
         for doc in docs:
-            key = self._key(index, doc)
+            text = key_of(stage, doc)
+            key = None if text is None else hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
             if key is None:
                 plan.send.append(doc)
                 continue

@@ -109,12 +109,10 @@ def stage_labels(stage: Any) -> list[str] | None:
     if configured is not None or not plugin.label_set:
         return configured
     try:
-        location = Path(loading.resolve(stage.model).location)
-        config = json.loads((location / "config.json").read_text(encoding="utf-8"))
+        location = loading.resolve(stage.model).location
     except (OSError, ValueError, loading.ModelNotFoundError):
         return None
-    id2label = config.get("id2label") or {}
-    return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))] or None
+    return loading.config_labels(location) or None
 
 
 def stage_of(stages: Mapping[str, StageSpec], raw: Any) -> StageSpec:

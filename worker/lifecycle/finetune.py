@@ -216,12 +216,9 @@ def run_on_ray(job: dict[str, Any], *, address: str | None, stop: threading.Even
 
 def _model_labels(champion_dir: str, labels: list[str] | None) -> list[str] | None:
     """The champion head's label order when it holds the same labels (so its head is kept as is)."""
-    try:
-        config = json.loads((Path(champion_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    ordered = loading.config_labels(champion_dir)
+    if ordered is None:
         return labels
-    id2label = config.get("id2label") or {}
-    ordered = [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
     return ordered if labels is None or set(ordered) == set(labels) else labels
 
 

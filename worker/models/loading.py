@@ -45,6 +45,16 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def config_labels(model_dir: str | Path) -> list[str] | None:
+    """The labels of a saved classifier's head in id order (its config's `id2label`); None when the config cannot be read."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    id2label = config.get("id2label") or {}
+    return [str(id2label[k]) for k in sorted(id2label, key=lambda k: int(k))]
+
+
 def write_metadata(model_dir: str | Path, metadata: dict[str, Any]) -> None:
     path = Path(model_dir) / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

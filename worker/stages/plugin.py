@@ -40,6 +40,12 @@ from typing import Any
 from schemas.documents import StageResult
 
 
+def clip(text: Any, limit: int) -> str:
+    """`text` as a string of at most `limit` characters, with an ellipsis when cut (samples on the dashboard)."""
+    text = "" if text is None else str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def show_label(result: StageResult) -> str:
     """Default display: the label and score."""
     score = f" ({result.score:.3f})" if result.score is not None else ""

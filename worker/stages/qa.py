@@ -7,7 +7,7 @@ from typing import Any
 from schemas.documents import Document, StageResult
 from schemas.pipeline import QaStage
 from worker.stages.base import Context, HFStage, Outcome
-from worker.stages.plugin import StagePlugin
+from worker.stages.plugin import StagePlugin, clip
 from worker.stages.rows import RowProblem, answer_field, text_field
 
 
@@ -93,12 +93,7 @@ def _cache_key(spec: QaStage, doc: Document) -> str:
 def _sample(output: dict[str, Any]) -> dict[str, Any]:
     answers = output.get("answers") or []
     first = answers[0] if answers and isinstance(answers[0], dict) else {}
-    return {"question": _clip(first.get("question"), 200), "answer": _clip(first.get("answer"), 300), "no_answer": bool(first.get("no_answer"))}
-
-
-def _clip(text: Any, limit: int) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= limit else text[:limit] + "…"
+    return {"question": clip(first.get("question"), 200), "answer": clip(first.get("answer"), 300), "no_answer": bool(first.get("no_answer"))}
 
 
 PLUGINS = (StagePlugin("qa", QaStage, QuestionAnswerStage, "extractive question answering over windows", show=_show_answer,

@@ -9,7 +9,7 @@ from schemas.documents import Document, StageResult
 from schemas.pipeline import TranslateStage
 from worker.stages.base import Context, HFStage, Outcome
 from worker.stages.language import language_problem
-from worker.stages.plugin import StagePlugin
+from worker.stages.plugin import StagePlugin, clip
 from worker.stages.rows import text_field
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
@@ -202,8 +202,7 @@ def _feedback_row(spec: TranslateStage, raw: dict[str, Any], labels: Any) -> dic
 
 
 def _sample(output: dict[str, Any]) -> dict[str, Any]:
-    text = str(output.get("translation") or "")
-    return {"translation": text if len(text) <= 400 else text[:400] + "…", "target_lang": output.get("target_lang"),
+    return {"translation": clip(output.get("translation") or "", 400), "target_lang": output.get("target_lang"),
             LOW_QUALITY: output.get(LOW_QUALITY) or []}
 
 
