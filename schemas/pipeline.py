@@ -359,6 +359,11 @@ class StageBase(StrictModel):
     max_tokens: int = Field(default=8192, gt=0, description="Token budget per batch.")
     max_length: int = Field(default=256, ge=8, le=8192)
     retries: int = Field(default=1, ge=0, le=10)
+    precision: Literal["auto", "fp32", "int8", "bf16", "fp16"] = Field(
+        default="auto",
+        description="auto: int8 on CPU when the model version's int8 build passed its quality check, bf16 on CUDA, else fp32. "
+        "int8 (ONNX Runtime, CPU) covers classify, spam and qa models; fp16 needs CUDA.",
+    )
     resources: Resources = Field(default_factory=Resources)
     swap_check_seconds: float | None = Field(
         default=5.0, ge=0,

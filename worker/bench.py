@@ -4,9 +4,14 @@ All contenders run in one process, one after another, on the same model and the 
 documents: (a) textworker's batch run from a file into SQLite, (b) a transformers
 `pipeline()` called once per document, (c) the same `pipeline()` with batch_size=64,
 (d) Ray Data `map_batches` with an actor pool running the model, (e) the FLOP-bound
-limit: forward FLOPs per document against this machine's measured matmul peak -- fp32
-on CPU, bf16 on CUDA (where every contender runs the model on the GPU in bf16).
-Model loading and Ray start-up are outside every timed region.
+limit: forward FLOPs per document against this machine's measured matmul peak for the
+precision textworker runs at -- fp32 or int8 (ONNX Runtime's u8 x s8 GEMM) on CPU, bf16
+on CUDA (where every contender runs the model on the GPU in bf16).
+
+`--precision` picks textworker's precision (default: the stage's, `auto`). The baselines
+stay fp32 as users run them; when textworker runs int8, the same three baselines run
+again on the same int8 model (`*_int8`), so the gain of the engine and of the precision
+can be told apart. Model loading and Ray start-up are outside every timed region.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def bench_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def machine() -> dict[str, Any]:
@@ -93,6 +98,32 @@ def matmul_peak_gflops(size: int | None = None, repeats: int = 8, device: str = 
     return best / 1e9
 
 
+def int8_peak_gops(size: int = 1536, repeats: int = 8) -> float:
+    """Best observed int8 GEMM rate (u8 x s8 -> s32, ONNX Runtime's MatMulInteger, all torch threads' worth of cores)."""
+    import numpy as np
+    import onnxruntime
+    import torch
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]), helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                                           options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 255, (size, size), dtype=np.uint8), "b": rng.integers(-128, 127, (size, size), dtype=np.int8)}
+    session.run(None, feed)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feed)
+        best = max(best, 2 * size**3 / (time.perf_counter() - started))
+    return best / 1e9
+
+
 def forward_flops(config: Any, tokens: int) -> float:
     """Forward FLOPs of a BERT/RoBERTa-style encoder for one sequence of `tokens`."""
     h = config.hidden_size
@@ -117,10 +148,10 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
     from worker.sinks import build_sink
     from worker.sources.files import FileDocumentSource
 
-    data = workdir / "docs.jsonl"
+    data = workdir / f"docs-{time.monotonic_ns()}.jsonl"
     data.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     source = FileSource(path=str(data))
-    spec = PipelineSpec(name="bench", source=source, stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{workdir}/bench.db"))
+    spec = PipelineSpec(name="bench", source=source, stages=[stage_spec], sink=SqlSink(url=f"sqlite:///{data.with_suffix('.db')}"))
     engine = Engine(spec, make_executor(runtime)).start()
     sink = build_sink(spec.sink, spec.name, new_run_id()).open()
     try:
@@ -154,14 +185,39 @@ def bench_hf(model_dir: str, texts: list[str], max_length: int, batch_size: int 
         return _timed(lambda: classify(texts, batch_size=batch_size, **kwargs), len(texts))
 
 
+def _int8_model(model_dir: str, threads: int | None = None) -> Any:
+    from worker.models import int8
+
+    int8.build(model_dir, "AutoModelForSequenceClassification")
+    return int8.OnnxEncoder(model_dir, "AutoModelForSequenceClassification", threads=threads)
+
+
+def bench_int8(model_dir: str, texts: list[str], max_length: int, batch_size: int | None) -> float:
+    """The baselines' loops on the int8 model: one document per call, or input-order batches padded to their longest."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = _int8_model(model_dir)
+
+    def classify(batch: list[str]) -> list[int]:
+        encoded = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        return torch.softmax(model(**encoded).logits, dim=-1).argmax(-1).tolist()
+
+    classify(texts[:4])
+    if batch_size is None:
+        return _timed(lambda: [classify([t]) for t in texts], len(texts))
+    return _timed(lambda: [classify(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)], len(texts))
+
+
 class _RayDataClassifier:
-    def __init__(self, model_dir: str, max_length: int, threads: int, device: str = "cpu") -> None:
+    def __init__(self, model_dir: str, max_length: int, threads: int, device: str = "cpu", int8: bool = False) -> None:
         import torch
         from transformers import AutoTokenizer
 
         torch.set_num_threads(threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = _hf_model(model_dir, device)
+        self.model = _int8_model(model_dir, threads) if int8 else _hf_model(model_dir, device)
         self.device = device
         self.max_length = max_length
 
@@ -175,7 +231,7 @@ class _RayDataClassifier:
         return batch
 
 
-def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int, device: str = "cpu") -> float:
+def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: int, device: str = "cpu", int8: bool = False) -> float:
     import ray
 
     from worker.engine.executors.ray import ensure_ray
@@ -186,7 +242,7 @@ def bench_ray_data(model_dir: str, texts: list[str], max_length: int, actors: in
     ensure_ray()
     threads = max(1, (os.cpu_count() or 1) // actors)
     warm = ray.data.from_items([{"text": t} for t in texts[:8]])
-    ctx: dict[str, Any] = {"fn_constructor_args": (model_dir, max_length, threads, device), "batch_size": 64, "concurrency": actors}
+    ctx: dict[str, Any] = {"fn_constructor_args": (model_dir, max_length, threads, device, int8), "batch_size": 64, "concurrency": actors}
     ctx.update({"num_gpus": 1, "num_cpus": 1} if device.startswith("cuda") else {"num_cpus": threads})
     warm.map_batches(_RayDataClassifier, **ctx).materialize()
     dataset = ray.data.from_items([{"text": t} for t in texts])
@@ -202,14 +258,23 @@ def read_bench_mix(paths: str | list[str], limit: int | None) -> list[str]:
     return mixed[:limit] if limit is not None else mixed
 
 
-def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit: int | None, contenders: list[str], progress: Callable[[str], None]) -> dict[str, Any]:
+CONTENDERS = ("textworker", "hf_per_doc", "hf_batched", "ray_data")
+
+
+def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit: int | None, contenders: list[str],
+              progress: Callable[[str], None], precision: str | None = None) -> dict[str, Any]:
     """Measure every contender on the same texts; returns the JSON the CLI prints."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
+    from worker.models import precision as precisions
+
     stage_spec = spec.stage(stage_name)
-    if getattr(plugin_for(stage_spec.type).stage, "auto_class", None) != "AutoModelForSequenceClassification":
+    auto_class = getattr(plugin_for(stage_spec.type).stage, "auto_class", None)
+    if auto_class != "AutoModelForSequenceClassification":
         raise ValueError(f"bench measures sequence-classification stages (classify, spam); `{stage_name}` is {stage_spec.type}")
+    if precision:
+        stage_spec = stage_spec.model_copy(update={"precision": precision})
     model_dir = loading.resolve(stage_spec.model).location
     texts = read_bench_mix(data, limit)
     max_length = stage_spec.max_length
@@ -217,7 +282,10 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     tokens = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     config = AutoConfig.from_pretrained(model_dir)
     device = bench_device()
-    peak = matmul_peak_gflops(device=device)
+    choice = precisions.choose(stage_spec.precision, device, model_dir, auto_class)
+    int8_run = choice.precision == "int8"
+    peak = int8_peak_gops() if int8_run else matmul_peak_gflops(device=device)
+    peak_dtype = "int8" if int8_run else ("bf16" if device == "cuda" else "fp32")
     flops = sum(forward_flops(config, n) for n in tokens) / len(texts)
     rates: dict[str, float] = {"roofline": peak * 1e9 / flops}
     runners: dict[str, Callable[[], float]] = {
@@ -225,9 +293,13 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         "hf_per_doc": lambda: bench_hf(model_dir, texts, max_length, None, device),
         "hf_batched": lambda: bench_hf(model_dir, texts, max_length, 64, device),
         "ray_data": lambda: bench_ray_data(model_dir, texts, max_length, actors=1, device=device),
+        "hf_per_doc_int8": lambda: bench_int8(model_dir, texts, max_length, None),
+        "hf_batched_int8": lambda: bench_int8(model_dir, texts, max_length, 64),
+        "ray_data_int8": lambda: bench_ray_data(model_dir, texts, max_length, actors=1, int8=True),
     }
+    order = list(contenders) + ([f"{name}_int8" for name in contenders if name != "textworker"] if int8_run else [])
     with tempfile.TemporaryDirectory() as workdir:
-        for name in contenders:
+        for name in order:
             progress(f"measuring {name} on {len(texts)} documents")
             rates[name] = runners[name]()
             progress(f"  {name}: {rates[name]:.1f} docs/s")
@@ -236,11 +308,30 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     return {
         "model": model_dir, "parameters": _parameters(config), "docs": len(texts), "mean_tokens": round(sum(tokens) / len(tokens), 1),
         "max_length": max_length, "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-        "torch_threads": torch.get_num_threads(), "peak_dtype": "bf16" if device == "cuda" else "fp32",
-        "matmul_peak_gflops": round(peak, 1), "forward_gflop_per_doc": round(flops / 1e9, 4),
-        "docs_per_s": {k: round(v, 2) for k, v in rates.items()}, "textworker_over": ratios,
-        "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
+        "torch_threads": torch.get_num_threads(), "precision": choice.precision, "precision_reason": choice.reason,
+        "peak_dtype": peak_dtype, "matmul_peak_gflops": round(peak, 1), "peaks": _peaks(device, peak, peak_dtype),
+        "forward_gflop_per_doc": round(flops / 1e9, 4), "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "textworker_over": ratios, "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
     }
+
+
+def _peaks(device: str, measured: float, dtype: str) -> dict[str, float]:
+    """The matmul peaks of this machine: fp32 and int8 on CPU (GFLOP/s, GOP/s), bf16 on CUDA."""
+    peaks = {dtype: round(measured, 1)}
+    if device == "cpu":
+        for name, measure in (("fp32", matmul_peak_gflops), ("int8", _int8_peak_if_available)):
+            if name not in peaks:
+                value = measure()
+                if value:
+                    peaks[name] = round(value, 1)
+    return peaks
+
+
+def _int8_peak_if_available() -> float:
+    try:
+        return int8_peak_gops()
+    except ImportError:
+        return 0.0
 
 
 def _parameters(config: Any) -> int:
@@ -255,16 +346,18 @@ def render_bench(result: dict[str, Any]) -> str:
     rates = result["docs_per_s"]
     tw = rates.get("textworker")
     where = result.get("gpu") or f"{result['torch_threads']} torch threads"
+    peaks = ", ".join(f"{k} {v}" for k, v in (result.get("peaks") or {result["peak_dtype"]: result["matmul_peak_gflops"]}).items())
     lines = [
         f"machine: {machine_line(result['machine'])}" if result.get("machine") else "machine: not recorded",
         f"bench: {result['docs']} documents, mean {result['mean_tokens']} tokens (max {result['max_length']}), "
-        f"{where}, {result['peak_dtype']} matmul peak {result['matmul_peak_gflops']} GFLOP/s",
+        f"{where}, matmul peaks (G(FL)OP/s): {peaks}",
+        f"textworker precision: {result.get('precision', 'fp32')} ({result.get('precision_reason', '')})",
         f"model: {result['model']} ({result['parameters'] / 1e6:.1f}M parameters)",
-        f"{'contender':<12} {'docs/s':>10} {'textworker ÷ this':>18}",
+        f"{'contender':<16} {'docs/s':>10} {'textworker ÷ this':>18}",
     ]
     for name, rate in rates.items():
         ratio = f"{tw / rate:.2f}x" if tw and name != "textworker" else ""
-        lines.append(f"{name:<12} {rate:>10.1f} {ratio:>18}")
+        lines.append(f"{name:<16} {rate:>10.1f} {ratio:>18}")
     if result.get("roofline_fraction") is not None:
         lines.append(f"textworker reaches {100 * result['roofline_fraction']:.1f}% of the {result['peak_dtype']} roofline")
     return "\n".join(lines)

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="registry whose champion --references scores (default: as `run`)")
     p.add_argument("--model", help="model directory (default: the stage's model)")
     p.add_argument("--limit", type=int)
+    p.add_argument("--precision", choices=["fp32", "int8", "bf16", "fp16"],
+                   help="score the model at this precision (default: the stage's; auto scores fp32)")
     _add_common(p)
 
     p = sub.add_parser("models", help="list or build local models")
@@ -86,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dir", default=default_models_dir())
     m.add_argument("--force", action="store_true")
     m.add_argument("--only", nargs="*", help="build only these defaults")
+    _add_common(m)
+    m = msub.add_parser("quantize", help="build a stage model's int8 version and check it against fp32 (what precision auto reads)")
+    m.add_argument("pipeline")
+    m.add_argument("--stage", required=True)
+    m.add_argument("--model", help="model directory (default: the stage's model)")
+    m.add_argument("--data", help="evaluation file (default: the version's reference sets)")
+    m.add_argument("--limit", type=int, help="use only the first N rows of --data")
+    m.add_argument("--force", action="store_true", help="rebuild the int8 version even when one from the same weights exists")
     _add_common(m)
     m = msub.add_parser("build-roberta", help="train a byte-level BPE tokenizer and build a RoBERTa model")
     m.add_argument("--data", required=True, nargs="+", help="text files (TSV/JSONL/plain) to train the tokenizer on")
@@ -105,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--only", nargs="*", default=["textworker", "hf_per_doc", "hf_batched", "ray_data"],
                    choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"],
+                   help="textworker's precision (default: the stage's); with int8 the baselines also run on the int8 model")
     _add_common(p)
 
     p = sub.add_parser("serve", help="serve the pipeline over HTTP (Ray Serve) until SIGTERM/SIGINT")

@@ -14,17 +14,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     spec = load_pipeline(args.pipeline)
     if args.quiet:
-        result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), lambda message: None)
+        result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), lambda message: None, args.precision)
     else:
         from tqdm import tqdm
 
         # One step per contender; each contender's docs/s is printed above the bar as it finishes.
-        with tqdm(total=len(args.only), unit=" contenders", dynamic_ncols=True, file=sys.stderr) as bar:
+        total = len(args.only) * (2 if args.precision == "int8" else 1)
+        with tqdm(total=total, unit=" contenders", dynamic_ncols=True, file=sys.stderr) as bar:
             def say(message: str) -> None:
                 bar.write(message, file=sys.stderr)
                 if message.startswith("  "):
                     bar.update(1)
 
-            result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say)
+            result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say, args.precision)
     emit(args, result, render_bench(result))
     return 0

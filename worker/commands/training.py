@@ -95,8 +95,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                    evals=evals, stage=stage, labels=configured_labels(stage))
     if args.promote:
         loading.set_current_version(out.parent, out)
+    from worker.lifecycle import precision
+
+    checked = precision.check_quietly(stage, out, labels=configured_labels(stage))
     metrics = info.get("metrics") or {}
     text = f"trained {stage.name} ({stage.type}) in {info['train_seconds']:.0f}s -> {out}"
+    if checked is not None:
+        info["int8"] = checked
+        text += "\n  " + precision.describe(checked)
     if metrics:
         text += "\n  " + " ".join(f"{k}={v}" for k, v in metrics.items() if not isinstance(v, dict))
     emit(args, {"out": str(out), "version": version, **info}, text)
@@ -134,18 +140,23 @@ def _count_inputs(net: Any, progress: Callable[[int], None]) -> Any:
 def evaluate_stage(spec: PipelineSpec, stage: StageSpec, data: str, model: str | None, limit: int | None,
                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Metrics for the stage's model (or `model`) on a labelled file; `progress(n)` as the model reads n more rows."""
-    import transformers
+    from worker.lifecycle.evaluation import load_model
 
     trainer = plugin_for(stage.type).load_trainer()
     ref = loading.resolve(model or stage.model)
-    tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref)
-    net = loading.load_pretrained(getattr(transformers, trainer.auto_model), ref).eval()
+    net, tokenizer = load_model(stage, trainer, ref.location)
     if progress is not None:
         _count_inputs(trainer.counted_module(net), progress)
     labels = configured_labels(stage)
-    result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data}
+    result: dict[str, Any] = {"stage": stage.name, "type": stage.type, "model": ref.location, "model_version": ref.version, "data": data,
+                              "precision": getattr(net, "precision", None) or _dtype_name(net)}
     result["metrics"] = trainer.evaluate(stage, net, tokenizer, trainer.read(data, stage, labels, limit), labels)
     return result
+
+
+def _dtype_name(net: Any) -> str:
+    dtype = str(next(net.parameters()).dtype)
+    return {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(dtype, dtype)
 
 
 def evaluate_references(stage: StageSpec, model_dir: str, registry_sets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -223,6 +234,8 @@ def _eval_references(args: argparse.Namespace, spec: PipelineSpec, stage: StageS
 def cmd_eval(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     stage = spec.stage(args.stage)
+    if getattr(args, "precision", None):
+        stage = stage.model_copy(update={"precision": args.precision})
     if getattr(args, "references", False):
         return _eval_references(args, spec, stage)
     recipe = getattr(stage, "train", None)
@@ -248,7 +261,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bar.close()
     result["seconds"] = round(time.perf_counter() - started, 1)
     metrics = result["metrics"]
-    lines = [f"{stage.name} ({stage.type}) {result['model_version']} on {args.data} ({metrics.get('n', '?')} rows, {result['seconds']}s)"]
+    lines = [f"{stage.name} ({stage.type}) {result['model_version']} at {result['precision']} on {args.data} "
+             f"({metrics.get('n', '?')} rows, {result['seconds']}s)"]
     lines += [f"  {k}: {v}" for k, v in metrics.items() if not isinstance(v, dict) and k != "n"]
     for label, scores in (metrics.get("per_label") or {}).items():
         lines.append(f"  {label:<12} precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  f1 {scores['f1']:.4f}  n={scores['support']}")

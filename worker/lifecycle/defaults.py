@@ -62,12 +62,14 @@ class Recipe:
     labels: tuple[str, ...] | None = None
     from_minilm: bool = True  # fine-tune the shipped MiniLM encoder (else the trainer starts from scratch)
     params: dict[str, Any] = field(default_factory=dict)
+    stage: dict[str, Any] = field(default_factory=dict)  # stage spec fields the int8 check scores with (worker.lifecycle.precision)
 
 
 RECIPES: dict[str, Recipe] = {
     "sentiment": Recipe("classify", "sentiment.tsv", ("negative", "positive"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
     "spam": Recipe("spam", "spam.tsv", ("ham", "spam"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
-    "qa": Recipe("qa", "qa.jsonl", params={"epochs": 3, "lr": 1e-4, "batch_size": 16, "max_length": 256, "stride": 64}),
+    "qa": Recipe("qa", "qa.jsonl", params={"epochs": 3, "lr": 1e-4, "batch_size": 16, "max_length": 256, "stride": 64},
+                 stage={"question_field": "question", "max_length": 256, "stride": 64}),
     "translate": Recipe("translate", "translation.jsonl", from_minilm=False, params={"size": "tiny", "epochs": 30}),
 }
 
@@ -96,6 +98,22 @@ def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None
     finish_version(out, name=name, task=task, base=str(base) if base else "scratch", data=data, info=info, version=SEED_VERSION)
     loading.set_current_version(family, out)
     log_step(f"built {name} in {time.perf_counter() - started:.0f}s -> {out}")
+    if name in RECIPES:
+        _check_int8(name, RECIPES[name], out, log_step)
+
+
+def _check_int8(name: str, recipe: Recipe, out: Path, log_step: Callable[[str], None]) -> None:
+    """The int8 build and its quality check, on the version's reference sets (`worker.lifecycle.precision`)."""
+    from worker.lifecycle import precision
+    from worker.stages import plugin_for
+
+    fields = {"name": name, "type": recipe.task, "model": str(out), **recipe.stage}
+    if recipe.labels and plugin_for(recipe.task).label_set and recipe.task != "spam":
+        fields["labels"] = list(recipe.labels)
+    stage = plugin_for(recipe.task).spec.model_validate(fields)
+    verdict = precision.check_quietly(stage, out, labels=list(recipe.labels) if recipe.labels else None)
+    if verdict is not None:
+        log_step(f"  {name}: {precision.describe(verdict)}")
 
 
 def build_defaults(models_dir: str | Path = "models", *, force: bool = False, names: tuple[str, ...] = DEFAULT_NAMES,

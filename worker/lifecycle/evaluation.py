@@ -34,15 +34,21 @@ def _slices(sets: Mapping[str, Sequence[Example]]) -> tuple[list[Example], dict[
     return rows, where
 
 
-def _load(stage: Any, trainer: Any, model_dir: str) -> tuple[Any, Any]:
+def load_model(stage: Any, trainer: Any, model_dir: str) -> tuple[Any, Any]:
+    """The model at the stage's `precision`; `auto` scores the weights as they are (fp32), so the gate
+    compares candidate and champion alike; `eval --precision` sets it explicitly."""
     import transformers
 
-    from worker.models import loading
+    from worker.models import loading, precision
 
     ref = loading.resolve(model_dir)
     tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref)
-    model = loading.load_pretrained(getattr(transformers, trainer.auto_model), ref).eval()
-    return model.to(loading.pick_device(stage.resources.device)), tokenizer
+    device = loading.pick_device(stage.resources.device)
+    requested = getattr(stage, "precision", "auto")
+    choice = precision.choose("fp32" if requested == "auto" else requested, device, precision.local_dir(ref), trainer.auto_model)
+    model = precision.load(getattr(transformers, trainer.auto_model), trainer.auto_model, ref, None, device, choice,
+                           threads=stage.resources.threads)
+    return model, tokenizer
 
 
 def score_model(stage: Any, model_dir: str, sets: Mapping[str, Sequence[Example]],
@@ -53,6 +59,6 @@ def score_model(stage: Any, model_dir: str, sets: Mapping[str, Sequence[Example]
     if not rows:
         return {}
     trainer = plugin_for(stage.type).load_trainer()
-    model, tokenizer = _load(stage, trainer, model_dir)
+    model, tokenizer = load_model(stage, trainer, model_dir)
     predictions = trainer.predict(stage, model, tokenizer, rows)
     return {name: trainer.metrics(stage, rows[s], predictions[s], labels) for name, s in where.items()}

@@ -46,7 +46,7 @@ from typing import Any
 
 from schemas.pipeline import FinetuneSpec, PipelineSpec
 from worker.errors import DataFileError, TextworkerError
-from worker.lifecycle import gate, references
+from worker.lifecycle import gate, precision, references
 from worker.lifecycle.feedback import StoredFeedback, load_feedback, stage_labels
 from worker.lifecycle.registry import ModelRecord, ModelRegistry, family_dir
 from worker.models import loading
@@ -86,11 +86,12 @@ class FinetuneResult:
     seconds: float = 0.0
     references: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    int8: dict[str, Any] | None = None  # the promoted version's int8 check (worker.lifecycle.precision), when it has one
 
     def as_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "promoted": self.promoted, "reason": self.reason, "metrics": self.metrics,
                 "model": self.model, "champion": self.champion, "train": self.train, "seconds": self.seconds,
-                "references": self.references, "attempts": self.attempts}
+                "references": self.references, "attempts": self.attempts, "int8": self.int8}
 
 
 # --------------------------------------------------------------------------- data
@@ -345,6 +346,7 @@ def finetune(spec: PipelineSpec, stage_name: str, registry: ModelRegistry, optio
                 decision = replace(decision, reason=decision.reason + f"; no retry: all {data.counts['base']} replay rows are used already")
                 details["gate"] = decision.as_dict()
         if decision.promote:
+            result.int8 = precision.check_quietly(stage, out, labels=labels)  # before promotion: a hot swap reads its verdict
             registry.promote(record.name, version, f"gate passed: {decision.reason}", details, move_pointer=cfg.move_pointer)
         else:
             registry.reject(record.name, version, f"gate: {decision.reason}" + ("; retrying with more replay" if retry else ""),

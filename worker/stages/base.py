@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.documents import DeadLetter, Document, StageResult
-from worker.models import loading
+from worker.models import loading, precision
 
 log = logging.getLogger(__name__)
 Context = dict[str, dict[str, StageResult]]
@@ -71,6 +71,8 @@ class HFStage:
         self.model: Any = None
         self.tokenizer: Any = None
         self.device = "cpu"
+        self.precision = "fp32"
+        self.precision_reason = ""
         self.ref: loading.ModelRef | None = None
         self.swapper: Any = None  # a worker.engine.swap.ModelSwapper, set by follow_champions
 
@@ -89,7 +91,8 @@ class HFStage:
         else:
             ref, version = loading.resolve(self.spec.model, self.spec.revision), None
         self.adopt(self.prepared(ref, version))
-        log.info("stage loaded", extra={"stage": self.name, "model_version": self.model_version, "device": self.device})
+        log.info("stage loaded", extra={"stage": self.name, "model_version": self.model_version, "device": self.device,
+                                        "precision": self.precision, "why": self.precision_reason})
 
     def prepared(self, ref: loading.ModelRef, version: str | None = None) -> HFStage:
         """A copy of this stage with `ref`'s model loaded and checked (`after_load`); any thread may call it."""
@@ -97,8 +100,10 @@ class HFStage:
 
         candidate = copy.copy(self)
         candidate.tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref, self.spec.revision)
-        model = loading.load_pretrained(getattr(transformers, self.auto_class), ref, self.spec.revision)
-        candidate.model = model.to(self.device).eval()
+        choice = precision.choose(self.spec.precision, self.device, precision.local_dir(ref), self.auto_class)
+        candidate.model = precision.load(getattr(transformers, self.auto_class), self.auto_class, ref, self.spec.revision,
+                                         self.device, choice, threads=self.spec.resources.threads)
+        candidate.precision, candidate.precision_reason = choice.precision, choice.reason
         candidate.ref, candidate.model_version = ref, version or ref.version
         candidate.after_load()
         return candidate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,15 +14,6 @@ from worker.stages.plugin import StagePlugin
 from worker.stages.rows import RowProblem, short_field, text_field
 
 CHARS_PER_TOKEN_CAP = 12
-
-
-def autocast(device: str) -> Any:
-    """bf16 autocast on CUDA only: on CPU it is far slower than fp32."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def classify_texts(
@@ -44,7 +34,7 @@ def classify_texts(
     plan = plan_batches(lengths, max_tokens, max_batch)
     probs: list[list[float]] = [[] for _ in texts]
     device = next(model.parameters()).device
-    with torch.inference_mode(), autocast(str(device)):
+    with torch.inference_mode():
         for indices in plan.batches:
             features = [{k: encoded[k][i] for k in encoded.keys()} for i in indices]
             batch = tokenizer.pad(features, return_tensors="pt")

@@ -1,0 +1,174 @@
+"""int8 inference: the ONNX Runtime build, its quality guard, what `precision: auto` picks, and the commands.
+
+Every test works on a copy of a default model version (the build writes beside the weights),
+so the shared `models/` directory keeps whatever `make models` recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.documents import Document
+from schemas.pipeline import ClassifyStage, QaStage, SpamStage
+from worker.errors import ModelFormatError
+from worker.lifecycle import precision as guard
+from worker.models import int8, loading
+from worker.models import precision as precisions
+from worker.stages import build_stage
+
+REPO = Path(__file__).resolve().parents[2]
+SEQ = "AutoModelForSequenceClassification"
+TEXTS = ["I loved every minute of this film.", "Terrible service, never again.", "The plot was fine but the acting was awful.",
+         "What a wonderful surprise!", "Boring and far too long.", "An instant classic; I will watch it again."]
+
+
+def _copy(models_dir: Path, family: str, target: Path) -> Path:
+    source = Path(loading.resolve(str(models_dir / family)).location)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(int8.INT8_DIR))
+    return target
+
+
+@pytest.fixture(scope="module")
+def spam_copy(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy(models_dir, "spam", tmp_path_factory.mktemp("int8") / "spam-v0")
+
+
+@pytest.fixture(scope="module")
+def spam_checked(spam_copy: Path) -> dict[str, Any]:
+    """The guard run once on the copy (builds the int8 version, scores it against fp32 on the version's reference sets)."""
+    return guard.check(SpamStage(name="spam", model=str(spam_copy)), spam_copy)
+
+
+def test_auto_stays_fp32_until_an_int8_build_has_passed_its_check(spam_copy: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "unbuilt"
+    shutil.copytree(spam_copy, fresh, ignore=shutil.ignore_patterns(int8.INT8_DIR))
+    choice = precisions.choose("auto", "cpu", fresh, SEQ)
+    assert choice.precision == "fp32" and "no int8 version" in choice.reason
+    assert precisions.choose("auto", "cuda", fresh, SEQ).precision == "bf16"
+    assert precisions.choose("auto", "cpu", fresh, "AutoModelForSeq2SeqLM").precision == "fp32"
+    with pytest.raises(ModelFormatError, match="CPU"):
+        precisions.choose("int8", "cuda", fresh, SEQ)
+    with pytest.raises(ModelFormatError, match="CUDA only"):
+        precisions.choose("fp16", "cpu", fresh, SEQ)
+    with pytest.raises(ModelFormatError, match="classification and extractive-QA"):
+        precisions.choose("int8", "cpu", fresh, "AutoModelForSeq2SeqLM")
+
+
+def test_guard_records_a_verdict_that_auto_follows(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    assert spam_checked["metric"] == "f1:spam" and spam_checked["rows"] > 100
+    assert abs(spam_checked["fp32"] - spam_checked["int8"] - spam_checked["drop"]) < 1e-3
+    info = int8.read_info(spam_copy)
+    assert info is not None and info["quality"] == spam_checked and info["fused_attention"] is True
+    assert (spam_copy / int8.INT8_DIR / int8.ONNX_FILE).is_file()
+    choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
+    assert (choice.precision == "int8") == spam_checked["passed"], choice.reason
+    assert "quality check" in choice.reason
+
+
+def test_failed_check_keeps_auto_on_fp32_and_says_why(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    info = int8.read_info(spam_copy)
+    assert info is not None
+    failed = {**info, "quality": {**spam_checked, "int8": spam_checked["fp32"] - 0.05, "drop": 0.05, "passed": False}}
+    int8.write_info(spam_copy, failed)
+    try:
+        choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
+        assert choice.precision == "fp32"
+        assert "failed its quality check" in choice.reason and "f1:spam" in choice.reason
+        # an explicit int8 still runs int8 (the user asked for it)
+        assert precisions.choose("int8", "cpu", spam_copy, SEQ).precision == "int8"
+    finally:
+        int8.write_info(spam_copy, info)
+
+
+def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    before = int8.read_info(spam_copy)
+    assert before is not None
+    assert int8.build(spam_copy, SEQ) == before  # same weights: no rebuild
+    weights = next(spam_copy.glob("*.safetensors"))
+    stat = weights.stat()
+    os.utime(weights, (stat.st_atime, stat.st_mtime + 10))
+    try:
+        assert int8.read_info(spam_copy) is None  # built from other weights: not used
+        assert precisions.choose("auto", "cpu", spam_copy, SEQ).precision == "fp32"
+    finally:
+        os.utime(weights, (stat.st_atime, stat.st_mtime))
+    assert int8.read_info(spam_copy) == before
+
+
+def test_int8_stage_agrees_with_fp32_and_says_its_precision(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(TEXTS * 4)]
+    runs = {}
+    for wanted in ("fp32", "int8"):
+        stage = build_stage(SpamStage(name="spam", model=str(spam_copy), precision=wanted))
+        stage.load()
+        assert stage.precision == wanted
+        runs[wanted] = stage.run(docs, {})
+    fp32 = [r.output["spam_probability"] for r in runs["fp32"]]
+    quantised = [r.output["spam_probability"] for r in runs["int8"]]
+    assert max(abs(a - b) for a, b in zip(fp32, quantised, strict=True)) < 0.2
+    assert sum(a.label == b.label for a, b in zip(runs["fp32"], runs["int8"], strict=True)) >= len(docs) - 2
+
+
+def test_classify_stage_auto_runs_the_checked_int8_build(models_dir: Path, tmp_path: Path) -> None:
+    model = _copy(models_dir, "sentiment", tmp_path / "sentiment-v0")
+    spec = ClassifyStage(name="sentiment", model=str(model), labels=["negative", "positive"])
+    verdict = guard.check(spec, model, tolerance=1.0)  # a wide tolerance: this test is about what auto does with a pass
+    assert verdict["passed"]
+    stage = build_stage(spec)
+    stage.load()
+    assert stage.precision == "int8" and "passed its quality check" in stage.precision_reason
+    results = stage.run([Document(id="a", text=TEXTS[0]), Document(id="b", text=TEXTS[1])], {})
+    assert [r.label for r in results] == ["positive", "negative"]
+    assert all(abs(sum(r.output["scores"].values()) - 1) < 1e-3 for r in results)
+
+
+def test_qa_runs_at_int8(models_dir: Path, tmp_path: Path) -> None:
+    model = _copy(models_dir, "qa", tmp_path / "qa-v0")
+    answers = {}
+    for wanted in ("fp32", "int8"):
+        stage = build_stage(QaStage(name="qa", model=str(model), questions=["Where is the meeting?"], precision=wanted))
+        stage.load()
+        answers[wanted] = stage.run([Document(id="q", text="The meeting is in Berlin on Monday. Lunch is at noon.")], {})[0]
+    context = "The meeting is in Berlin on Monday. Lunch is at noon."
+    for result in answers.values():
+        span = result.output["answers"][0]
+        assert span["question"] == "Where is the meeting?" and span["answer"] in context
+    assert answers["int8"].output["answers"][0].keys() == answers["fp32"].output["answers"][0].keys()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_quantize_and_eval_precision_commands(spam_copy: Path, spam_checked: dict[str, Any], tmp_path: Path, models_dir: Path) -> None:
+    data = tmp_path / "spam.tsv"
+    rows = [("WINNER!! Claim your free prize now, text WIN to 80086", "spam"), ("Are we still on for lunch tomorrow?", "ham"),
+            ("URGENT: your account is suspended, call 0800 now", "spam"), ("Thanks, see you at six.", "ham")] * 5
+    data.write_text("".join(f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"version: 1\nname: p\nsource: {{type: file, path: {data}}}\nstages:\n"
+                        f"  - {{name: spam, type: spam, model: {spam_copy}}}\nsink: {{url: 'sqlite:///{tmp_path}/x.db'}}\n", encoding="utf-8")
+    done = _cli("models", "quantize", str(pipeline), "--stage", "spam", "--data", str(data), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdict = json.loads(done.stdout)
+    assert verdict["rows"] == 20 and verdict["data"] == str(data) and verdict["metric"] == "f1:spam"
+    assert int8.read_info(spam_copy)["quality"]["data"] == str(data)  # type: ignore[index]
+    scored = {}
+    for wanted in ("fp32", "int8"):
+        done = _cli("eval", str(pipeline), "--stage", "spam", "--data", str(data), "--precision", wanted, "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        scored[wanted] = json.loads(done.stdout)
+        assert scored[wanted]["precision"] == wanted
+    assert abs(scored["fp32"]["metrics"]["per_label"]["spam"]["f1"] - verdict["fp32"]) < 1e-3
+    assert abs(scored["int8"]["metrics"]["per_label"]["spam"]["f1"] - verdict["int8"]) < 1e-3
+    bad = _cli("eval", str(pipeline), "--stage", "spam", "--data", str(data), "--precision", "fp16")
+    assert bad.returncode != 0 and "CUDA only" in bad.stderr

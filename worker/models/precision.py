@@ -1,0 +1,90 @@
+"""Which precision a stage runs at (the stage spec's `precision`), and loading a model at it.
+
+- `auto`: int8 on CPU when the version's int8 build passed its quality check
+  (`worker.lifecycle.precision`), bf16 on CUDA, fp32 otherwise; the reason is logged.
+- `fp32`, `bf16`, `fp16`: the transformers model with its weights in that dtype
+  (fp16 only on CUDA, where it is fast).
+- `int8`: the version's ONNX Runtime int8 build (`worker.models.int8`), built on first
+  use when missing; on CPU only, for classification and extractive-QA models.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.errors import ModelFormatError
+from worker.models import int8
+
+log = logging.getLogger(__name__)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    precision: str  # fp32 | bf16 | fp16 | int8
+    reason: str
+
+
+def choose(requested: str, device: str, model_dir: str | Path | None, auto_class: str) -> Choice:
+    """The precision to run at and why (raises for a combination that cannot run)."""
+    cuda = device.startswith("cuda")
+    if requested == "auto":
+        if cuda:
+            return Choice("bf16", "auto: bf16 on CUDA")
+        return _auto_cpu(model_dir, auto_class)
+    if requested == "int8":
+        if cuda:
+            raise ModelFormatError("precision int8 runs on CPU (ONNX Runtime)", hint="use bf16 or fp16 on CUDA, or device: cpu")
+        if not int8.supports(auto_class):
+            raise ModelFormatError(f"precision int8 covers classification and extractive-QA models, not {auto_class}",
+                                   hint="use precision: fp32")
+        if model_dir is None:
+            raise ModelFormatError("precision int8 needs a local model directory", hint="download the model first")
+        return Choice("int8", "requested")
+    if requested == "fp16" and not cuda:
+        raise ModelFormatError("precision fp16 runs on CUDA only", hint="use fp32, bf16 or int8 on CPU")
+    if requested not in DTYPES:
+        raise ModelFormatError(f"unknown precision `{requested}`", hint=f"one of: {', '.join(int8.PRECISIONS)}")
+    return Choice(requested, "requested")
+
+
+def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
+    if not int8.supports(auto_class):
+        return Choice("fp32", "auto: this model kind has no int8 version")
+    if model_dir is None:
+        return Choice("fp32", "auto: no local model directory to hold an int8 version")
+    if not int8.available():
+        return Choice("fp32", "auto: onnxruntime is not installed")
+    info = int8.read_info(model_dir)
+    if info is None:
+        return Choice("fp32", "auto: no int8 version of this model version (build and check one: textworker models quantize)")
+    quality = info.get("quality")
+    if not quality:
+        return Choice("fp32", "auto: the int8 version has not been checked against fp32 yet (textworker models quantize)")
+    verdict = f"{quality['metric']} {quality['fp32']} at fp32, {quality['int8']} at int8"
+    if not quality.get("passed"):
+        return Choice("fp32", f"auto: the int8 version failed its quality check ({verdict}; drop over {quality['tolerance']})")
+    return Choice("int8", f"auto: the int8 version passed its quality check ({verdict})")
+
+
+def load(transformers_class: Any, auto_class: str, ref: Any, revision: str | None, device: str, choice: Choice,
+         threads: int | None = None) -> Any:
+    """The model of `ref` at the chosen precision, on `device`, in eval mode."""
+    import torch
+
+    from worker.models import loading
+
+    if choice.precision == "int8":
+        int8.build(ref.location, auto_class)
+        return int8.OnnxEncoder(ref.location, auto_class, threads=threads)
+    model = loading.load_pretrained(transformers_class, ref, revision)
+    if choice.precision != "fp32":
+        model = model.to(getattr(torch, DTYPES[choice.precision]))
+    return model.to(device).eval()
+
+
+def local_dir(ref: Any) -> str | None:
+    return ref.location if getattr(ref, "local", False) or Path(ref.location).is_dir() else None
