@@ -535,6 +535,12 @@ class PipelineSpec(StrictModel):
     sink: SqlSink = Field(default_factory=SqlSink)
     feedback: FeedbackTopic | None = Field(default=None, description="Kafka topic of labelled feedback.")
     cache: CacheSpec = Field(default_factory=CacheSpec, description="Identical texts computed once per stage and model version.")
+    max_latency_ms: int | None = Field(
+        default=None, ge=10, le=600_000,
+        description="Latency budget of a stream (kafka source): the broker is asked to answer a fetch within a quarter of it, "
+        "and while the backlog is small a poll takes only as many records as half of it can process; a large backlog "
+        "gets full `max_batch` polls (throughput). None: polls of up to `max_batch`, fetches wait up to 500 ms.",
+    )
 
     @field_validator("sink", mode="before")
     @classmethod

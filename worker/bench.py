@@ -39,8 +39,13 @@ def read_bench_texts(path: str | Path, limit: int | None) -> list[str]:
         texts, _ = load_labelled(path, limit=limit)
         return texts
     texts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
         if isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
             texts.append(row["text"])
         if limit is not None and len(texts) >= limit:
@@ -124,13 +129,18 @@ def int8_peak_gops(size: int = 1536, repeats: int = 8) -> float:
     return best / 1e9
 
 
-def forward_flops(config: Any, tokens: int) -> float:
-    """Forward FLOPs of a BERT/RoBERTa-style encoder for one sequence of `tokens`."""
+def forward_flops(config: Any, tokens: int, last_layer_first_token: bool = False) -> float:
+    """Forward FLOPs of a BERT/RoBERTa-style encoder for one sequence of `tokens` (with
+    `last_layer_first_token`: the last layer computed for the first token only, as the int8
+    build of a sequence classifier does; keys and values still cover every token)."""
     h = config.hidden_size
     layers = config.num_hidden_layers
     inter = getattr(config, "intermediate_size", 4 * h)
     per_layer = 2 * tokens * (4 * h * h + 2 * h * inter) + 2 * 2 * tokens * tokens * h
-    return float(layers * per_layer)
+    if not last_layer_first_token:
+        return float(layers * per_layer)
+    last = 2 * (2 * tokens * h * h + 2 * h * h + 2 * h * inter) + 2 * 2 * tokens * h
+    return float((layers - 1) * per_layer + last)
 
 
 def _timed(fn: Callable[[], Any], docs: int) -> float:
@@ -286,7 +296,12 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     int8_run = choice.precision == "int8"
     peak = int8_peak_gops() if int8_run else matmul_peak_gflops(device=device)
     peak_dtype = "int8" if int8_run else ("bf16" if device == "cuda" else "fp32")
-    flops = sum(forward_flops(config, n) for n in tokens) / len(texts)
+    pruned = False
+    if int8_run:
+        from worker.models import int8
+
+        pruned = bool(int8.build(model_dir, auto_class).get("last_layer_first_token_only"))
+    flops = sum(forward_flops(config, n, pruned) for n in tokens) / len(texts)
     rates: dict[str, float] = {"roofline": peak * 1e9 / flops}
     runners: dict[str, Callable[[], float]] = {
         "textworker": lambda: bench_textworker(stage_spec, texts, Path(workdir)),
@@ -310,7 +325,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         "max_length": max_length, "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "torch_threads": torch.get_num_threads(), "precision": choice.precision, "precision_reason": choice.reason,
         "peak_dtype": peak_dtype, "matmul_peak_gflops": round(peak, 1), "peaks": _peaks(device, peak, peak_dtype),
-        "forward_gflop_per_doc": round(flops / 1e9, 4), "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "forward_gflop_per_doc": round(flops / 1e9, 4), "last_layer_first_token_only": pruned, "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
         "textworker_over": ratios, "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
     }
 

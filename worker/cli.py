@@ -108,15 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_commands.add_models_parsers(msub, _add_common)
     lifecycle_commands.add_parsers(sub, _add_common)
 
-    p = sub.add_parser("bench", help="a stage's docs/s against plain transformers, Ray Data and the FLOP limit")
+    p = sub.add_parser("bench", help="a stage's docs/s against plain transformers, Ray Data and the FLOP limit; "
+                       "with --latency, a stream's end-to-end latency at fixed rates")
     p.add_argument("pipeline")
-    p.add_argument("--stage", required=True)
-    p.add_argument("--data", required=True, nargs="+", help="TSV (text/label) or JSONL with `text`; several files are interleaved")
+    p.add_argument("--stage", help="the stage to measure (throughput; not with --latency)")
+    p.add_argument("--data", nargs="+", help="TSV (text/label) or JSONL with `text`; several files are interleaved "
+                   "(--latency: the texts produced, default the seed sample documents)")
     p.add_argument("--limit", type=int, default=2000)
     p.add_argument("--only", nargs="*", default=["textworker", "hf_per_doc", "hf_batched", "ray_data"],
                    choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"],
                    help="textworker's precision (default: the stage's); with int8 the baselines also run on the int8 model")
+    p.add_argument("--latency", action="store_true", help="produce to a broker at --rate docs/s and report produce-to-SQL latency")
+    p.add_argument("--rate", type=float, nargs="+", default=[20.0], help="offered docs/s (several: one after another, same worker)")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long each rate is offered")
+    p.add_argument("--database-url", help="--latency: the database the worker writes (default: the pipeline's sink)")
+    p.add_argument("--runtime", choices=["local", "ray"], default="local", help="--latency: the worker's runtime")
     _add_common(p)
 
     p = sub.add_parser("serve", help="serve the pipeline over HTTP (Ray Serve) until SIGTERM/SIGINT")

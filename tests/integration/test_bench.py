@@ -23,7 +23,7 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     env_models = {"TEXTWORKER_MODELS_DIR": str(models_dir)}
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", str(data), str(reviews),
-         "--limit", "24", "--only", "textworker", "hf_per_doc", "hf_batched", "--json"],
+         "--limit", "24", "--only", "textworker", "hf_per_doc", "hf_batched", "--precision", "fp32", "--json"],
         cwd=REPO, env={**os.environ, **env_models}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -36,3 +36,20 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     assert result["textworker_over"]["hf_per_doc"] == pytest.approx(rates["textworker"] / rates["hf_per_doc"], rel=0.01)
     assert 0 < result["roofline_fraction"] == pytest.approx(rates["textworker"] / rates["roofline"], rel=0.01)
     assert "textworker:" in done.stderr and "docs/s" in done.stderr  # each contender reported as it finishes
+    assert result["precision"] == "fp32" and result["peak_dtype"] == "fp32" and set(result["peaks"]) == {"fp32", "int8"}
+    assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
+
+
+def test_bench_int8_runs_the_baselines_on_the_int8_model_too(models_dir: Path, shared_data: Path) -> None:
+    data = shared_data / "ag_news" / "test.tsv"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", str(data),
+         "--limit", "16", "--only", "textworker", "hf_per_doc", "--precision", "int8", "--json"],
+        cwd=REPO, env={**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir)}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["precision"] == "int8" and result["peak_dtype"] == "int8"
+    assert set(result["docs_per_s"]) == {"textworker", "hf_per_doc", "hf_per_doc_int8", "roofline"}
+    assert result["matmul_peak_gflops"] == result["peaks"]["int8"] > 0 and result["peaks"]["fp32"] > 0
+    assert result["last_layer_first_token_only"] is True

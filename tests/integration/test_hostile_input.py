@@ -364,7 +364,7 @@ def test_hostile_document_bodies_never_get_a_500(served: tuple[str, Path]) -> No
     valid = json.dumps({"id": "http-valid", "text": "Free entry! Text WIN to 80082 to claim your prize now"}).encode()
     fitting = [o for o in objects if _fits_the_schema(o)]
     others = [o for o in objects if not _fits_the_schema(o)]
-    assert len(fitting) > 200 and len(others) > 200, (len(fitting), len(others))
+    assert len(fitting) > 150 and len(others) > 150, (len(fitting), len(others))  # plenty of both kinds
 
     def documents_bodies() -> Iterator[bytes]:
         for batch in _unique_id_batches(fitting, 15):  # requests the schema accepts: each document gets its own answer

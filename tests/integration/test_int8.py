@@ -62,15 +62,27 @@ def test_auto_stays_fp32_until_an_int8_build_has_passed_its_check(spam_copy: Pat
         precisions.choose("int8", "cpu", fresh, "AutoModelForSeq2SeqLM")
 
 
-def test_guard_records_a_verdict_that_auto_follows(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+def test_guard_records_its_verdict_in_the_build(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
     assert spam_checked["metric"] == "f1:spam" and spam_checked["rows"] > 100
     assert abs(spam_checked["fp32"] - spam_checked["int8"] - spam_checked["drop"]) < 1e-3
     info = int8.read_info(spam_copy)
     assert info is not None and info["quality"] == spam_checked and info["fused_attention"] is True
+    assert info["last_layer_first_token_only"] is True  # the head reads the first token only
+    assert info["batch_independent"] is False
     assert (spam_copy / int8.INT8_DIR / int8.ONNX_FILE).is_file()
+
+
+def test_auto_picks_only_a_passed_batch_independent_build(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    assert spam_checked["passed"]
     choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
-    assert (choice.precision == "int8") == spam_checked["passed"], choice.reason
-    assert "quality check" in choice.reason
+    assert choice.precision == "fp32" and "per batch" in choice.reason and "passed its quality check" in choice.reason
+    info = int8.read_info(spam_copy)
+    assert info is not None
+    int8.write_info(spam_copy, {**info, "batch_independent": True})  # what a calibrated (static) build would record
+    try:
+        assert precisions.choose("auto", "cpu", spam_copy, SEQ).precision == "int8"
+    finally:
+        int8.write_info(spam_copy, info)
 
 
 def test_failed_check_keeps_auto_on_fp32_and_says_why(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
@@ -117,17 +129,27 @@ def test_int8_stage_agrees_with_fp32_and_says_its_precision(spam_copy: Path, spa
     assert sum(a.label == b.label for a, b in zip(runs["fp32"], runs["int8"], strict=True)) >= len(docs) - 2
 
 
-def test_classify_stage_auto_runs_the_checked_int8_build(models_dir: Path, tmp_path: Path) -> None:
+def test_int8_scores_move_with_batch_mates_and_fp32_scores_do_not(models_dir: Path, tmp_path: Path) -> None:
+    """Why `auto` keeps per-batch (dynamic) int8 builds on fp32: the same document scores differently in another batch."""
     model = _copy(models_dir, "sentiment", tmp_path / "sentiment-v0")
     spec = ClassifyStage(name="sentiment", model=str(model), labels=["negative", "positive"])
-    verdict = guard.check(spec, model, tolerance=1.0)  # a wide tolerance: this test is about what auto does with a pass
+    verdict = guard.check(spec.model_copy(update={"precision": "int8"}), model, tolerance=1.0)
     assert verdict["passed"]
-    stage = build_stage(spec)
-    stage.load()
-    assert stage.precision == "int8" and "passed its quality check" in stage.precision_reason
-    results = stage.run([Document(id="a", text=TEXTS[0]), Document(id="b", text=TEXTS[1])], {})
-    assert [r.label for r in results] == ["positive", "negative"]
-    assert all(abs(sum(r.output["scores"].values()) - 1) < 1e-3 for r in results)
+    target = Document(id="t", text=TEXTS[2])
+    crowd = [Document(id=f"c{i}", text=text * 6) for i, text in enumerate(TEXTS)]  # long batch mates: other activation ranges
+    spread = {}
+    for wanted in ("fp32", "int8"):
+        stage = build_stage(spec.model_copy(update={"precision": wanted}))
+        stage.load()
+        assert stage.precision == wanted
+        alone = stage.run([target], {})[0].output["scores"]["positive"]
+        together = stage.run([target, *crowd], {})[0].output["scores"]["positive"]
+        spread[wanted] = abs(alone - together)
+    assert spread["fp32"] < 1e-4
+    assert spread["int8"] > spread["fp32"]
+    auto = build_stage(spec)
+    auto.load()
+    assert auto.precision == "fp32" and "per batch" in auto.precision_reason
 
 
 def test_qa_runs_at_int8(models_dir: Path, tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def _quantize(args: argparse.Namespace) -> int:
 
     spec = load_pipeline(args.pipeline)
     stage = spec.stage(args.stage)
-    if not precision.applies(stage.model_copy(update={"precision": "int8"})):
+    stage = stage.model_copy(update={"precision": "int8"})
+    if not precision.applies(stage):
         raise TextworkerError(f"stage `{stage.name}` ({stage.type}) has no int8 version (classify, spam and qa models have one, "
                               "with onnxruntime installed)")
     location = loading.resolve(args.model or stage.model).location

@@ -125,6 +125,51 @@ def _time_arg(text: str | None) -> int | None:
     return parse_time(text) if text else None
 
 
+class BatchSizer:
+    """How many records the next poll may take under the pipeline's latency budget (`max_latency_ms`).
+
+    A poll never waits to fill a batch (kafka-python returns what has arrived). With a budget,
+    the driver also keeps batches short enough that half the budget processes one: it learns
+    the seconds per record from each stored batch (moving average, poll to commit), so a
+    record that arrives during a batch waits at most about the budget. A backlog of more
+    than two such batches is heavy load: polls take up to `max_batch` again, because small
+    batches there would only add per-batch overhead and let the backlog grow.
+    """
+
+    ALPHA = 0.3
+
+    def __init__(self, max_batch: int, budget_ms: int | None) -> None:
+        self.max_batch = max_batch
+        self.budget_s = budget_ms / 1000 if budget_ms else None
+        self.per_record_s: float | None = None
+
+    def record(self, records: int, seconds: float) -> None:
+        if records <= 0 or seconds <= 0:
+            return
+        sample = seconds / records
+        self.per_record_s = sample if self.per_record_s is None else self.ALPHA * sample + (1 - self.ALPHA) * self.per_record_s
+
+    def fits(self) -> int | None:
+        """Records that half the budget processes (None: no budget, or nothing measured yet)."""
+        if self.budget_s is None or not self.per_record_s:
+            return None
+        return max(1, min(self.max_batch, int(self.budget_s / 2 / self.per_record_s)))
+
+    def limit(self, backlog: int) -> int:
+        fits = self.fits()
+        if fits is None or backlog > 2 * fits:
+            return self.max_batch
+        return fits
+
+
+@dataclass(frozen=True)
+class _Polled:
+    """A chunk's driver payload: the offsets to store with it and when it was polled."""
+
+    next_offsets: Mapping[TopicPartition, int]
+    polled_at: float
+
+
 class _Obeying:
     """The sink as the run bookkeeping sees it: its calls obey the backpressure signal (`StreamRunner.obey`)."""
 
@@ -157,6 +202,8 @@ class StreamRunner:
         self.batches = 0
         self._idle = 0
         self._backoff = 0.5
+        self.sizer = BatchSizer(self.kafka.max_batch, spec.max_latency_ms)
+        self._backlog = 0
 
     @property
     def summary(self) -> RunSummary:
@@ -232,10 +279,10 @@ class StreamRunner:
                 continue
             self._idle = 0
             self.records += len(polled)
-            yield ChunkInput.of_items(polled.items, dict(polled.next_offsets))
+            yield ChunkInput.of_items(polled.items, _Polled(dict(polled.next_offsets), time.perf_counter()))
 
     def _poll(self) -> Polled | None:
-        wanted = self.kafka.max_batch
+        wanted = self.sizer.limit(self._backlog)
         if self.options.limit is not None:
             wanted = max(1, min(wanted, self.options.limit - self.records))
         try:
@@ -250,10 +297,12 @@ class StreamRunner:
 
     def _complete(self, chunk: Chunk) -> None:
         """Store a processed batch with its offsets (one transaction), commit to Kafka, publish."""
-        next_offsets: Mapping[TopicPartition, int] = chunk.payload
+        polled: _Polled = chunk.payload
+        next_offsets = polled.next_offsets
         started = time.perf_counter()
         self._write(self.book.batch(chunk, self._offsets(next_offsets)))
         self.book.stored(chunk, time.perf_counter() - started)
+        self.sizer.record(chunk.items, time.perf_counter() - polled.polled_at)
         self.source.commit(next_offsets)
         self._publish(chunk.docs, chunk.results, chunk.letters, next_offsets)
         self.batches += 1
@@ -286,6 +335,7 @@ class StreamRunner:
                 continue
             if highwater is not None and position is not None:
                 lags[(tp.topic, tp.partition)] = highwater - position
+        self._backlog = sum(lags.values())
         self.engine.hooks.on_lag(self.spec.name, self.kafka.group, lags)
 
     def _publish(self, docs: list[Document], results: list[StageResult], letters: list[DeadLetter],
@@ -346,7 +396,8 @@ def run_stream(spec: PipelineSpec, database_url: str, options: StreamOptions, en
     engine.start()  # loads the stages (on Ray: starts the actors; ray.init installs signal handlers, ours go in after)
     restore = install_signal_handlers(stop)
     sink = build_sink(spec.sink, spec.name, new_run_id(), url=database_url, attempts=1)  # one attempt: the driver obeys the signal
-    source = KafkaDocumentSource(spec.source, replay=options.replay)
+    budget = spec.max_latency_ms
+    source = KafkaDocumentSource(spec.source, replay=options.replay, fetch_wait_ms=max(5, min(500, budget // 4)) if budget else None)
     publisher = build_publisher("kafka_topics", spec.source, spec.name)
     runner = StreamRunner(spec, sink, source, engine, publisher, options, stop, meta)
     source.start_offsets = runner.start_offsets

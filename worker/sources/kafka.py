@@ -44,8 +44,9 @@ StartOffsets = Callable[[], Mapping[tuple[str, int], int]]
 FETCH_HEADROOM = 1024 * 1024
 
 
-def consumer_config(spec: KafkaSource, *, grouped: bool) -> dict[str, Any]:
-    """KafkaConsumer settings: manual commits, fetch sizes that fit `max_value_bytes`."""
+def consumer_config(spec: KafkaSource, *, grouped: bool, fetch_wait_ms: int | None = None) -> dict[str, Any]:
+    """KafkaConsumer settings: manual commits, fetch sizes that fit `max_value_bytes`; `fetch_wait_ms`
+    (from a latency budget) caps how long the broker may hold a fetch for more data."""
     fetch = spec.max_value_bytes + FETCH_HEADROOM
     config = {
         **client_config(spec),
@@ -61,6 +62,8 @@ def consumer_config(spec: KafkaSource, *, grouped: bool) -> dict[str, Any]:
         "fetch_max_bytes": max(4 * fetch, 52428800),
         "receive_message_max_bytes": max(8 * fetch, 100_000_000),
     }
+    if fetch_wait_ms is not None:
+        config["fetch_max_wait_ms"] = fetch_wait_ms
     return {**config, **spec.client_options}
 
 
@@ -95,8 +98,10 @@ class KafkaDocumentSource:
     partition of the topics and reads the range only. Not thread-safe (one runner).
     """
 
-    def __init__(self, spec: KafkaSource, start_offsets: StartOffsets | None = None, replay: Replay | None = None) -> None:
+    def __init__(self, spec: KafkaSource, start_offsets: StartOffsets | None = None, replay: Replay | None = None,
+                 fetch_wait_ms: int | None = None) -> None:
         self.spec = spec
+        self.fetch_wait_ms = fetch_wait_ms
         self.start_offsets = start_offsets or (lambda: {})
         self.replay = ReplayTracker(replay) if replay is not None else None
         self.consumer: KafkaConsumer | None = None
@@ -109,7 +114,7 @@ class KafkaDocumentSource:
 
     def open(self, attempts: int = 12, should_stop: Callable[[], bool] = lambda: False) -> KafkaDocumentSource:
         """Connect (retrying while no broker answers) and subscribe or assign."""
-        config = consumer_config(self.spec, grouped=self.replay is None)
+        config = consumer_config(self.spec, grouped=self.replay is None, fetch_wait_ms=self.fetch_wait_ms)
         for attempt in range(1, attempts + 1):
             consumer = None
             try:

@@ -1,0 +1,77 @@
+"""int8 against fp32 on the shared evaluation sets: the same model version scored at both precisions.
+
+    .venv/bin/python benchmarks/int8_quality.py [--models-dir models] [--topic-model DIR] [--json]
+
+Rows: sentiment on SST-2 dev, spam on SMS test, topic on AG News test, QA on the QA eval
+set -- the stages of pipelines/shared_data.yaml, with the models given (default: the
+offline defaults of `make models` for sentiment, spam and QA; `--topic-model` names a
+version trained with `textworker train pipelines/shared_data.yaml --stage topic`). Each row
+runs `worker.lifecycle.precision.check` (the int8 build and the guard that `precision: auto`
+reads), so it prints what the guard decides too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+ROWS = (  # stage in shared_data.yaml, default model family, evaluation file
+    ("sentiment", "sentiment", "sst2/dev.tsv"),
+    ("spam", "spam", "sms_spam/test.tsv"),
+    ("topic", None, "ag_news/test.tsv"),
+    ("qa", "qa", "qa/eval.jsonl"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models-dir", default=os.environ.get("TEXTWORKER_MODELS_DIR", str(REPO / "models")))
+    parser.add_argument("--shared-data", default=os.environ.get("TEXTWORKER_SHARED_DATA", str(REPO.parent / "shared" / "data")))
+    parser.add_argument("--topic-model", help="a topic classifier version (AG News labels)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TEXTWORKER_SHARED_DATA", args.shared_data)
+
+    from worker.bench import machine, machine_line
+    from worker.config import load_pipeline
+    from worker.lifecycle import precision
+    from worker.models import loading
+    from worker.stages import plugin_for
+
+    spec = load_pipeline(REPO / "pipelines" / "shared_data.yaml")
+    rows: list[dict[str, Any]] = []
+    for stage_name, family, rel in ROWS:
+        model = args.topic_model if stage_name == "topic" else str(Path(args.models_dir) / str(family))
+        if model is None:
+            print(f"skipping {stage_name}: no --topic-model", file=sys.stderr)
+            continue
+        location = loading.resolve(model).location
+        stage = spec.stage(stage_name).model_copy(update={"model": location, "precision": "auto"})
+        labels = plugin_for(stage.type).labels(stage)
+        data = Path(args.shared_data) / rel
+        examples = plugin_for(stage.type).load_trainer().read(data, stage, labels)
+        started = time.perf_counter()
+        verdict = precision.check(stage, location, sets={rel: examples}, what=rel, labels=labels)
+        rows.append({"stage": stage_name, "data": rel, "model": location, **verdict, "seconds": round(time.perf_counter() - started, 1)})
+        print(f"{stage_name}: {precision.describe(verdict)}", file=sys.stderr)
+    result = {"machine": machine(), "rows": rows}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"machine: {machine_line(result['machine'])}")
+    print(f"{'stage':<10} {'data':<20} {'metric':<10} {'fp32':>8} {'int8':>8} {'drop':>8} {'guard':>7}")
+    for row in rows:
+        print(f"{row['stage']:<10} {row['data']:<20} {row['metric']:<10} {row['fp32']:>8} {row['int8']:>8} {row['drop']:>8} "
+              f"{'pass' if row['passed'] else 'fail':>7}")
+
+
+if __name__ == "__main__":
+    main()
