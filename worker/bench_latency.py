@@ -171,16 +171,26 @@ def _offer(producer: Any, topic: str, prefix: str, texts: list[str], rate: float
     return sent
 
 
-def run_latency(spec: PipelineSpec, pipeline_path: str, rates: list[float], seconds: float, data: list[str] | None,
+def run_latency(pipeline_path: str, rates: list[float], seconds: float, data: list[str] | None,
                 database_url: str | None, runtime: str, progress: Callable[[str], None]) -> dict[str, Any]:
     """Measure every rate against one worker; returns the JSON the CLI prints."""
+    with broker() as bootstrap:
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap  # what the pipeline file reads, here and in the worker
+        from worker.config import load_pipeline
+
+        spec = load_pipeline(pipeline_path)
+        return _measure(spec, bootstrap, pipeline_path, rates, seconds, data, database_url, runtime, progress)
+
+
+def _measure(spec: PipelineSpec, bootstrap: str, pipeline_path: str, rates: list[float], seconds: float, data: list[str] | None,
+             database_url: str | None, runtime: str, progress: Callable[[str], None]) -> dict[str, Any]:
     if not isinstance(spec.source, KafkaSource):
         raise ValueError(f"--latency measures a stream pipeline (a kafka source); `{spec.name}` reads {spec.source.type}")
     texts = _texts(data)
     run_id = uuid.uuid4().hex[:8]
     topic, group = f"tw-latency-{run_id}", f"tw-latency-{run_id}"
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp, broker() as bootstrap:
+    with tempfile.TemporaryDirectory() as tmp:
         url = database_url or spec.sink.url
         if not database_url and url.startswith("sqlite:///") and not os.environ.get("TEXTWORKER_DATABASE_URL"):
             url = f"sqlite:///{tmp}/latency.db"  # not the pipeline's default file

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from worker.config import load_pipeline
 from worker.console import emit
@@ -14,9 +13,9 @@ from worker.errors import TextworkerError
 def cmd_bench(args: argparse.Namespace) -> int:
     from worker.bench import render_bench, run_bench
 
-    spec = load_pipeline(args.pipeline)
     if args.latency:
-        return _latency(args, spec)
+        return _latency(args)
+    spec = load_pipeline(args.pipeline)
     if not args.stage or not args.data:
         raise TextworkerError("bench needs --stage and --data (or --latency for a stream pipeline)")
     if args.quiet:
@@ -37,14 +36,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latency(args: argparse.Namespace, spec: Any) -> int:
+def _latency(args: argparse.Namespace) -> int:
     from worker.bench_latency import render_latency, run_latency
 
     if any(rate <= 0 for rate in args.rate) or args.seconds <= 0:
         raise TextworkerError("--rate and --seconds must be positive")
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     try:
-        result = run_latency(spec, args.pipeline, list(args.rate), args.seconds, args.data, args.database_url, args.runtime, say)
+        result = run_latency(args.pipeline, list(args.rate), args.seconds, args.data, args.database_url, args.runtime, say)
     except ValueError as exc:
         raise TextworkerError(str(exc)) from exc
     emit(args, result, render_latency(result))
