@@ -93,6 +93,6 @@ def describe(verdict: dict[str, Any]) -> str:
     """One line for a person: the check's outcome."""
     if verdict.get("error"):
         return f"int8: not built ({verdict['error'][:200]}); the version runs at fp32"
-    outcome = "passed: precision auto runs it at int8" if verdict["passed"] else "failed: precision auto keeps it at fp32"
+    outcome = "passed" if verdict["passed"] else "failed: the version stays on fp32 unless a stage asks for int8"
     return (f"int8 check {outcome} ({verdict['metric']} {verdict['fp32']} at fp32, {verdict['int8']} at int8, "
             f"drop {verdict['drop']} against a tolerance of {verdict['tolerance']}, {verdict['rows']} rows)")
