@@ -1,8 +1,8 @@
 """The int8 quality guard: a version's int8 build is scored against its fp32 weights.
 
-Run for a stage with `precision: int8` when a version is made (`textworker train`, and
-`make models` for a default whose recipe asks for int8) and before a fine-tuned candidate
-is promoted, and for any stage by `textworker models quantize`. The evaluation data is the
+Run for a stage with `precision: int8` or `auto` (classify, spam and qa) when a version is
+made (`textworker train`, `make models`) and before a fine-tuned candidate is promoted,
+and for any stage by `textworker models quantize`. The evaluation data is the
 version's own reference sets (`worker.lifecycle.references`): its `eval` and `heldout`
 sets when it has them, else its `train` snapshot; a file can be named instead. Both
 precisions predict the same rows; the stage type's primary metric (its plug-in's
@@ -32,9 +32,9 @@ TARGET_ROLES = ("eval", "heldout")
 
 
 def applies(stage: Any) -> bool:
-    """Whether the stage runs at int8 (`precision: int8`; `auto` does not pick today's per-batch builds,
-    see `worker.models.precision`), its type has an int8 version and onnxruntime is installed."""
-    return (getattr(stage, "precision", "auto") == "int8" and int8.available()
+    """Whether the stage may run at int8 (`precision: int8`, or `auto`, which picks a build that passed this
+    check, see `worker.models.precision`), its type has an int8 version and onnxruntime is installed."""
+    return (getattr(stage, "precision", "auto") in ("int8", "auto") and int8.available()
             and int8.supports(getattr(plugin_for(stage.type).stage, "auto_class", "")))
 
 

@@ -13,10 +13,13 @@ built from, with which onnxruntime, and -- once checked -- the quality guard's v
 `worker.lifecycle.precision`). A version directory that cannot be written (a read-only
 image) gets them under `$TEXTWORKER_CACHE_DIR` (default `~/.cache/textworker`) instead.
 
-Activations are quantised per batch (one scale per tensor, computed as it runs), so a
-document's scores move slightly with its batch mates (about 0.01-0.02 in probability on
-the default models); the build records `batch_independent: false`, and `precision: auto`
-does not pick it (`worker.models.precision`).
+Activations are quantised dynamically, one scale per tensor computed as it runs. Run on a
+padded batch, that scale would cover the batch mates and the padding too, and a document's
+scores would move with them (measured: about 0.01-0.02 in probability on the default
+models, a label near 0.5 flipping between entry points). `OnnxEncoder` therefore runs each
+document on its own, unpadded: the same text gets the same scores in every batch and entry
+point, which is what lets `precision: auto` pick a checked build
+(`worker.models.precision`). The build records `batch_independent: true`.
 
 `OnnxEncoder` stands in for the transformers model inside the stages: it is called with
 the same tensors and returns the same fields (`logits`, or `start_logits`/`end_logits`).
@@ -49,10 +52,11 @@ OUTPUTS = {
     "AutoModelForSequenceClassification": ("logits",),
     "AutoModelForQuestionAnswering": ("start_logits", "end_logits"),
 }
+PER_TOKEN_OUTPUTS = {"start_logits", "end_logits"}  # outputs with one value per input token
 # Architectures whose attention ONNX Runtime's transformer optimizer fuses (then quantised as QAttention).
 FUSED_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "distilbert": "bert"}
 PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
-FORMAT = 2  # bumped when the export changes: builds of another format are rebuilt
+FORMAT = 3  # bumped when the export or how it runs changes: builds of another format are rebuilt (and re-checked)
 
 
 def available() -> bool:
@@ -115,7 +119,7 @@ def supports(auto_class: str) -> bool:
 
 def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dict[str, Any]:
     """Export the version to ONNX, fuse attention where the architecture allows, quantise the
-    weights to int8 (per channel; activations quantised per batch) and record it. Cached: a
+    weights to int8 (per channel; activations quantised per document as it runs) and record it. Cached: a
     second call with unchanged weights returns the record without rebuilding."""
     if not supports(auto_class):
         raise ModelFormatError(f"no int8 version for {auto_class} models", hint="use precision: fp32")
@@ -132,15 +136,21 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
         exported = _export(Path(model_dir), auto_class, work)
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(work / "fp32.onnx", work / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"DefaultTensorType": 1})  # 1 = FLOAT: the fused ops' outputs have no inferred type
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs a generic pre-processing hint on the root logger; the graph is already optimised
+        try:
+            quantize_dynamic(work / "fp32.onnx", work / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": 1})  # 1 = FLOAT: the fused ops' outputs have no inferred type
+        finally:
+            root.setLevel(level)
         (work / "fp32.onnx").unlink()
         for extra in work.glob("*.data"):
             extra.unlink()
         import onnxruntime
 
         info = {"format": FORMAT, "source": source_fingerprint(model_dir), "auto_class": auto_class, **exported,
-                "onnxruntime": onnxruntime.__version__, "weights": "int8 per channel (QInt8)", "activations": "uint8, per batch (dynamic)", "batch_independent": False,
+                "onnxruntime": onnxruntime.__version__, "weights": "int8 per channel (QInt8)", "activations": "uint8, per document (dynamic)", "batch_independent": True,
                 "built_at": datetime.now(UTC).isoformat(timespec="seconds"), "build_seconds": round(time.perf_counter() - started, 1),
                 "quality": None}
         (work / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -294,17 +304,34 @@ class OnnxEncoder:
         self._hooks: list[Any] = []
 
     def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
+        """The outputs for a padded batch, computed one document at a time on its real tokens only (see the module
+        notes): per-token outputs (QA's start/end logits) get -10000 at padding positions."""
         import numpy as np
         import torch
 
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         for hook in self._hooks:
             hook(self, (), given)
+        if given["attention_mask"] is None:
+            given["attention_mask"] = torch.ones_like(input_ids)
         if given["token_type_ids"] is None and "token_type_ids" in self.inputs:
             given["token_type_ids"] = torch.zeros_like(input_ids)
-        feed = {name: np.ascontiguousarray(given[name].cpu().numpy(), dtype=np.int64) for name in self.inputs}
-        values = self.session.run(self.outputs, feed)
-        return SimpleNamespace(**{name: torch.from_numpy(value) for name, value in zip(self.outputs, values, strict=True)})
+        arrays = {name: np.ascontiguousarray(given[name].cpu().numpy(), dtype=np.int64) for name in self.inputs}
+        mask = given["attention_mask"].cpu().numpy().astype(bool)
+        rows, width = mask.shape
+        per_token = {name for name in self.outputs if name in PER_TOKEN_OUTPUTS}
+        collected: dict[str, list[Any]] = {name: [] for name in self.outputs}
+        for row in range(rows):
+            keep = np.flatnonzero(mask[row]) if not mask[row].all() else slice(None)
+            feed = {name: np.ascontiguousarray(value[row:row + 1, keep]) for name, value in arrays.items()}
+            values = self.session.run(self.outputs, feed)
+            for name, value in zip(self.outputs, values, strict=True):
+                if name in per_token:
+                    full = np.full((1, width, *value.shape[2:]), -10000.0, dtype=value.dtype)
+                    full[:, keep] = value
+                    value = full
+                collected[name].append(value)
+        return SimpleNamespace(**{name: torch.from_numpy(np.concatenate(parts, axis=0)) for name, parts in collected.items()})
 
     __call__ = forward
 

@@ -2,11 +2,11 @@
 
 - `auto`: int8 on CPU when the version's int8 build passed its quality check
   (`worker.lifecycle.precision`) and gives every document the same scores whatever its
-  batch mates, bf16 on CUDA, fp32 otherwise; the reason is logged. Today's builds
-  quantise activations per batch (dynamic quantisation), so `auto` keeps them on fp32:
-  a document's scores would depend on the batch it lands in (measured: 0.952 in one
-  entry point, 0.936 in another, and labels near 0.5 flipping), which would break the
-  promise that every entry point writes the same rows.
+  batch mates, bf16 on CUDA, fp32 otherwise; the reason is logged. int8 builds run each
+  document on its own (`worker.models.int8`), so a checked build qualifies; one that
+  does not record `batch_independent` (an older format) stays on fp32, because a
+  document's scores would then depend on the batch it lands in and entry points would
+  write different rows.
 - `fp32`, `bf16`, `fp16`: the transformers model with its weights in that dtype
   (fp16 only on CUDA, where it is fast).
 - `int8`: the version's ONNX Runtime int8 build (`worker.models.int8`), built on first
@@ -74,7 +74,7 @@ def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
         return Choice("fp32", f"auto: the int8 version failed its quality check ({verdict}; drop over {quality['tolerance']})")
     if not info.get("batch_independent"):
         return Choice("fp32", f"auto: the int8 version passed its quality check ({verdict}) but quantises activations per batch, "
-                              "so a document's scores would depend on its batch mates; set precision: int8 to accept that")
+                              "so a document's scores would depend on its batch mates; rebuild it (textworker models quantize --force)")
     return Choice("int8", f"auto: the int8 version passed its quality check ({verdict})")
 
 
