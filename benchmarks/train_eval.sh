@@ -15,6 +15,8 @@ TW=${TW:-.venv/bin/textworker}
 PY=${PY:-.venv/bin/python}
 P=pipelines/shared_data.yaml
 STAGES=("$@")
+# further test sets a stage is scored on besides its recipe's eval_data
+declare -A ALSO=([translate_general]="$TEXTWORKER_SHARED_DATA/translation_en_de/test.jsonl")
 if [ ${#STAGES[@]} -eq 0 ]; then
     mapfile -t STAGES < <($PY -c "from worker.config import load_pipeline; print('\n'.join(s.name for s in load_pipeline('$P').stages if s.train))")
 fi
@@ -26,4 +28,8 @@ for stage in "${STAGES[@]}"; do
     model=$($PY -c "import json; print(json.load(open('$OUT/$stage.train.json'))['out'])")
     $TW eval $P --stage "$stage" --model "$model" --json --quiet > "$OUT/$stage.eval.json"
     echo "$stage: trained in $((t1 - t0)) s (wall, incl. start-up) -> $model; $($PY -c "import json; m=json.load(open('$OUT/$stage.eval.json'))['metrics']; print({k: v for k, v in m.items() if not isinstance(v, dict)})")"
+    if [ -n "${ALSO[$stage]:-}" ]; then
+        $TW eval $P --stage "$stage" --model "$model" --data "${ALSO[$stage]}" --json --quiet > "$OUT/$stage.eval2.json"
+        echo "$stage on ${ALSO[$stage]}: $($PY -c "import json; m=json.load(open('$OUT/$stage.eval2.json'))['metrics']; print({k: v for k, v in m.items() if not isinstance(v, dict)})")"
+    fi
 done

@@ -310,7 +310,7 @@ class TrainSpec(StrictModel):
     Paths may use `${VAR:-default}` (e.g. `${TEXTWORKER_SHARED_DATA:-../shared/data}/sst2/train.tsv`).
     Command-line flags override each field."""
 
-    data: str = Field(min_length=1, description="Training data (TSV text/label, SQuAD JSONL or {src,tgt} JSONL).")
+    data: str | list[str] = Field(min_length=1, description="Training data (TSV text/label, SQuAD JSONL or {src,tgt} JSONL); a list of files is read as one set.")
     eval_data: str | None = Field(default=None, description="Held-out data the new version is scored on (also `eval`'s default).")
     base: str | None = Field(default=None, description="Base model (default: the stage's model); `scratch` where the type can.")
     out: str | None = Field(default=None, description="Version directory (default: a new version beside the stage's model).")
@@ -319,7 +319,7 @@ class TrainSpec(StrictModel):
     batch_size: int | None = Field(default=None, gt=0)
     max_length: int | None = Field(default=None, ge=8, le=8192)
     max_minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget; the schedule decays by wall time.")
-    size: Literal["tiny", "small", "base"] | None = Field(default=None, description="Model size when training from scratch.")
+    size: Literal["tiny", "small", "medium", "base"] | None = Field(default=None, description="Model size when training from scratch.")
     seed: int | None = None
     limit: int | None = Field(default=None, ge=1, description="Use only the first N training rows.")
 

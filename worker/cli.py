@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-length", type=int)
     p.add_argument("--max-minutes", type=float, help="stop training after this wall-clock budget")
-    p.add_argument("--size", choices=["tiny", "small", "base"], help="model size when building from scratch (default small)")
+    p.add_argument("--size", choices=["tiny", "small", "medium", "base"], help="model size when building from scratch (default small)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--limit", type=int, help="use only the first N training rows")
     p.add_argument("--promote", action="store_true", help="make the new version the family's current one")
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("build-roberta", help="train a byte-level BPE tokenizer and build a RoBERTa model")
     m.add_argument("--data", required=True, nargs="+", help="text files (TSV/JSONL/plain) to train the tokenizer on")
     m.add_argument("--out", required=True)
-    m.add_argument("--size", default="small", choices=["tiny", "small", "base"])
+    m.add_argument("--size", default="small", choices=["tiny", "small", "medium", "base"])
     m.add_argument("--vocab-size", type=int, default=8000)
     _add_common(m)
     from worker.commands import lifecycle as lifecycle_commands

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shared_data_path
-from worker.commands.training import RECIPE_FIELDS, with_recipe
+from worker.commands.training import RECIPE_FIELDS, data_files, with_recipe
 from worker.config import load_pipeline
 from worker.errors import TextworkerError
 from worker.stages import plugin_for
@@ -29,14 +29,15 @@ def test_every_shared_data_stage_has_a_complete_recipe_that_validate_accepts(mon
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     spec = load_pipeline(str(SHARED))
-    assert [s.name for s in spec.stages] == ["spam", "sentiment", "topic", "qa", "translate"]
+    assert [s.name for s in spec.stages] == ["spam", "sentiment", "topic", "qa", "translate", "translate_general"]
     for stage in spec.stages:
         recipe = stage.train
         assert recipe is not None, f"{stage.name} has no train: block"
         missing = [name for name in COMPLETE if getattr(recipe, name) is None]
         assert not missing, f"{stage.name}: train block lacks {missing}"
-        assert Path(recipe.data).is_file() and Path(recipe.eval_data).is_file(), (recipe.data, recipe.eval_data)
-        assert recipe.data.startswith(str(data)) and recipe.eval_data.startswith(str(data))  # ${TEXTWORKER_SHARED_DATA:-...}
+        files = data_files(recipe.data)
+        assert files and all(Path(f).is_file() for f in files) and Path(recipe.eval_data).is_file(), (recipe.data, recipe.eval_data)
+        assert all(f.startswith(str(data)) for f in files) and recipe.eval_data.startswith(str(data))  # ${TEXTWORKER_SHARED_DATA:-...}
         trainer = plugin_for(stage.type).load_trainer()  # a type that can be trained
         assert trainer.read(recipe.eval_data, stage, plugin_for(stage.type).labels(stage), 5)
 
@@ -59,3 +60,31 @@ def test_flags_override_the_recipe_field_by_field(tmp_path: Path) -> None:
         with_recipe(flags, bare)
     with pytest.raises(TextworkerError, match="does not exist"):
         with_recipe(argparse.Namespace(**{**vars(flags), "data": str(tmp_path / "missing.tsv")}), stage)
+    with pytest.raises(TextworkerError, match="missing.tsv` does not exist"):
+        with_recipe(argparse.Namespace(**{**vars(flags), "data": [str(train), str(tmp_path / "missing.tsv")]}), stage)
+
+
+def test_a_recipe_may_name_several_data_files_read_as_one_set(tmp_path: Path) -> None:
+    news, captions = tmp_path / "news.jsonl", tmp_path / "captions.jsonl"
+    news.write_text('{"en": "The shop is closed.", "de": "Der Laden ist geschlossen."}\n', encoding="utf-8")
+    captions.write_text('{"en": "A dog runs.", "de": "Ein Hund rennt."}\nnot json\n', encoding="utf-8")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [{
+        "name": "t", "type": "translate", "model": "m", "source_lang": "en", "target_lang": "de",
+        "train": {"data": [str(news), str(captions)], "eval_data": str(news), "epochs": 1, "lr": 0.001, "max_minutes": 1}}]}),
+        encoding="utf-8")
+    stage = load_pipeline(str(pipeline)).stage("t")
+    merged = with_recipe(argparse.Namespace(**{name: None for name in RECIPE_FIELDS}), stage)
+    assert data_files(merged.data) == [str(news), str(captions)]
+    trainer = plugin_for("translate").load_trainer()
+    examples = [e for f in data_files(merged.data) for e in trainer.read(f, stage)]
+    assert examples == [("The shop is closed.", "Der Laden ist geschlossen."), ("A dog runs.", "Ein Hund rennt.")]
+    with pytest.raises(Exception, match="at least 1 item"):
+        load_pipeline_from(tmp_path, {"data": []})
+
+
+def load_pipeline_from(tmp_path: Path, train: dict) -> object:
+    pipeline = tmp_path / "bad.yaml"
+    pipeline.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [{
+        "name": "t", "type": "translate", "model": "m", "train": train}]}), encoding="utf-8")
+    return load_pipeline(str(pipeline))

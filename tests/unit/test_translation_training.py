@@ -155,3 +155,62 @@ def test_evaluate_from_dir_and_finetune(trained_dir, tmp_path):
     tuned = train_translation(make_pairs(40), tmp_path / "ft", base=out, epochs=1, lr=1e-4, batch_tokens=256)
     assert tuned["params"]["base"] == str(out) and tuned["params"]["size"] is None and tuned["steps"] > 0
     assert AutoTokenizer.from_pretrained(tmp_path / "ft").is_fast
+
+
+@pytest.fixture(scope="module")
+def warm_dir(one_thread, tmp_path_factory) -> tuple[Path, dict]:
+    from worker.models import loading
+
+    out = tmp_path_factory.mktemp("warm") / "model"
+    result = train_translation(make_pairs(210), out, base=str(loading.builtin_dir("minilm")), size="tiny", epochs=6,
+                               lr=3e-3, batch_tokens=512, seed=0)
+    return out, result
+
+
+def test_warm_start_keeps_the_pretrained_encoder_frozen_and_learns_a_decoder(warm_dir):
+    from transformers import AutoModel
+
+    from worker.models import loading
+
+    out, result = warm_dir
+    params = result["params"]
+    assert params["start"] == "warm" and params["frozen_encoder"] and params["size"] == "tiny"
+    assert 0 < params["n_trained"] < params["n_parameters"]
+    assert 0.3 < params["embeddings_one_piece"] <= 1.0  # most BPE tokens are one MiniLM piece
+    selection = result["selection"]
+    assert selection["held_out_pairs"] == 2 and result["train_pairs"] == 208
+    assert selection["kept"] in {"final", "average"}
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    # learned: the held-out loss is far below a uniform guess over the vocabulary
+    assert min(selection["final_loss"], selection.get("average_loss", 99.0)) < 0.5 * torch.log(torch.tensor(float(len(tokenizer))))
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)  # a plain HF directory (EncoderDecoderModel), no remote code
+    assert model.config.model_type == "encoder-decoder"
+    pretrained_dir = loading.builtin_dir("minilm")
+    pretrained = AutoModel.from_pretrained(pretrained_dir)
+    theirs = dict(pretrained.named_parameters())
+    for name, mine in model.get_encoder().named_parameters():
+        if name != "embeddings.word_embeddings.weight":
+            assert torch.equal(mine, theirs[name]), name  # every other encoder weight is MiniLM's, untouched by training
+    # a word-initial token starts from the pretrained embedding of that word
+    base_tokenizer = AutoTokenizer.from_pretrained(pretrained_dir)
+    new_id = tokenizer.convert_tokens_to_ids("\u2581dog")
+    assert new_id != tokenizer.unk_token_id
+    old_id = base_tokenizer.convert_tokens_to_ids("dog")
+    assert torch.equal(model.get_encoder().get_input_embeddings().weight[new_id],
+                       pretrained.get_input_embeddings().weight[old_id])
+
+
+def test_warm_started_model_translates_and_fine_tunes_like_any_seq2seq_dir(warm_dir, tmp_path):
+    out, _ = warm_dir
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    texts = ["A dog sleeps in the water.", "", "A man runs."]
+    batched = translate_texts(model, tokenizer, texts, max_new_tokens=12, batch_size=2, num_beams=2)
+    assert len(batched) == 3 and all(isinstance(t, str) for t in batched)
+    assert batched == [translate_texts(model, tokenizer, [t], max_new_tokens=12, num_beams=2)[0] for t in texts]
+    metrics = evaluate_translation(out, make_pairs(10))
+    assert metrics["n"] == 10 and metrics["chrf"] > 10.0  # it has learned something of the toy language
+    tuned = train_translation(make_pairs(40), tmp_path / "ft", base=out, epochs=1, lr=1e-5, batch_tokens=256)
+    assert tuned["params"]["start"] == "finetune" and not tuned["params"]["frozen_encoder"]
+    assert tuned["params"]["n_trained"] == tuned["params"]["n_parameters"]  # feedback fine-tuning moves every weight
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ft").config.model_type == "encoder-decoder"

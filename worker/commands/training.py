@@ -70,11 +70,19 @@ def with_recipe(args: argparse.Namespace, stage: StageSpec) -> argparse.Namespac
             setattr(merged, name, getattr(recipe, name))
     if not merged.data:
         raise TextworkerError(f"no training data for `{stage.name}`: give --data FILE or a `train:` block with `data:` in the pipeline file")
-    if not Path(merged.data).is_file():
-        raise DataFileError(f"training data `{merged.data}` does not exist")
+    for path in data_files(merged.data):
+        if not Path(path).is_file():
+            raise DataFileError(f"training data `{path}` does not exist")
     if merged.eval_data and not Path(merged.eval_data).is_file():
         raise DataFileError(f"evaluation data `{merged.eval_data}` does not exist")
     return merged
+
+
+def data_files(data: str | list[str] | None) -> list[str]:
+    """A recipe's `data` as a list of files (one file, or several read as one set)."""
+    if not data:
+        return []
+    return [data] if isinstance(data, str) else list(data)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -86,13 +94,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress, close = _progress(args, f"train {stage.name}")
     started = time.perf_counter()
     try:
-        info = _train(stage, args, out, base, progress)
+        info, examples = _train(stage, args, out, base, progress)
     finally:
         close()
     info.setdefault("train_seconds", round(time.perf_counter() - started, 1))
     evals = [("eval", args.eval_data, read_examples(stage.type, args.eval_data, stage, configured_labels(stage)))] if args.eval_data else []
-    finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(args.data), info=info, version=version,
-                   evals=evals, stage=stage, labels=configured_labels(stage))
+    files = data_files(args.data)
+    if len(files) > 1:
+        info["train_files"] = files
+    # several files: no single path to fingerprint, so the version keeps a snapshot of the combined set instead
+    finish_version(out, name=stage.name, task=stage.type, base=str(base), data=Path(files[0]) if len(files) == 1 else None,
+                   info=info, version=version, evals=evals, stage=stage, labels=configured_labels(stage),
+                   train_examples=examples if len(files) > 1 else None)
     if args.promote:
         loading.set_current_version(out.parent, out)
     from worker.lifecycle import precision
@@ -109,16 +122,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, progress: Any) -> dict[str, Any]:
-    """Train through the stage type's trainer; `--base scratch` starts from nothing where the type can."""
+def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, progress: Any) -> tuple[dict[str, Any], list[Any]]:
+    """Train through the stage type's trainer (`--base scratch` starts from nothing where the type can); returns the
+    version's info and the examples it was trained on (several data files are read as one set, `limit` applying to each)."""
     trainer = plugin_for(stage.type).load_trainer()
     labels = configured_labels(stage)
-    examples = trainer.read(args.data, stage, labels, args.limit)
+    examples = [example for path in data_files(args.data) for example in trainer.read(path, stage, labels, args.limit)]
     evals = trainer.read(args.eval_data, stage, labels) if args.eval_data else None
     params = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed",
                                   "batch_size": "batch_size", "max_length": "max_length", "size": "size"})
-    return trainer.train(stage, examples, out, base=None if base == "scratch" else _base_dir(base), labels=labels,
+    info = trainer.train(stage, examples, out, base=None if base == "scratch" else _base_dir(base), labels=labels,
                          eval_examples=evals, progress=progress, **params)
+    return info, examples
 
 
 def _base_dir(base: str) -> str:

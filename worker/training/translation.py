@@ -22,8 +22,13 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
+    AutoModel,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    BertConfig,
+    BertLMHeadModel,
+    EncoderDecoderModel,
     GenerationConfig,
     MarianConfig,
     MarianMTModel,
@@ -42,7 +47,11 @@ MIN_BATCHES_PER_EPOCH = 32
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 128, "layers": 2, "heads": 4, "ffn": 512},
     "small": {"d_model": 256, "layers": 3, "heads": 4, "ffn": 1024},
+    "medium": {"d_model": 384, "layers": 3, "heads": 6, "ffn": 1536},
+    "base": {"d_model": 512, "layers": 4, "heads": 8, "ffn": 2048},
 }
+WARM_BATCH_TOKENS = 4096  # a frozen encoder leaves only the decoder to train: larger steps pay off
+WARM_VOCAB = 10000
 _ALPHABET = list(string.ascii_letters + string.digits + string.punctuation + "äöüÄÖÜßéèêëàâáçñíóúôîïœæ€°§„“”‚‘’–—«»…")
 
 ProgressFn = Callable[[int, int, dict], None]
@@ -159,6 +168,137 @@ def _lr_factor(progress: float, warmup: float) -> float:
         return max(progress / warmup, 1e-3)
     return max(0.0, (1.0 - progress) / (1.0 - warmup))
 
+# --------------------------------------------------------------------------- warm start from a pretrained encoder
+
+
+def is_encoder_only(base: str | Path) -> bool:
+    """True for a pretrained encoder (BERT, RoBERTa, MiniLM, ...) that a translation model can be warm-started from."""
+    config = AutoConfig.from_pretrained(base)
+    return not getattr(config, "is_encoder_decoder", False) and not getattr(config, "is_decoder", False) \
+        and config.model_type not in {"encoder-decoder", "gpt2", "llama"} and hasattr(config, "hidden_size")
+
+
+def _remap_embeddings(tokenizer: PreTrainedTokenizerFast, base_tokenizer: Any, old: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Input embeddings for ``tokenizer``'s vocabulary built from the pretrained encoder's: each token gets the mean
+    embedding of the pieces the encoder's own tokenizer splits it into (a word-initial token as a word, an inner
+    piece as a continuation where the encoder's vocabulary has one). Returns the matrix and the share of tokens that
+    map to a single pretrained piece."""
+    base_vocab = base_tokenizer.get_vocab()
+    unk = base_tokenizer.unk_token_id if base_tokenizer.unk_token_id is not None else 0
+    specials = {PAD: base_tokenizer.pad_token_id, EOS: base_tokenizer.sep_token_id or base_tokenizer.eos_token_id,
+                UNK: unk, BOS: base_tokenizer.cls_token_id or base_tokenizer.bos_token_id}
+    new = torch.empty(len(tokenizer), old.size(1))
+    exact = 0
+    for token, index in tokenizer.get_vocab().items():
+        ids: list[int] = []
+        if specials.get(token) is not None:
+            ids = [int(specials[token])]
+        elif token.startswith("▁"):
+            ids = base_tokenizer(token[1:], add_special_tokens=False)["input_ids"] if token[1:] else []
+        else:
+            piece = next((base_vocab[c] for c in ("##" + token, "##" + token.lower()) if c in base_vocab), None)
+            ids = [piece] if piece is not None else base_tokenizer(token, add_special_tokens=False)["input_ids"]
+        ids = [i for i in ids if 0 <= i < old.size(0)] or [unk]
+        exact += len(ids) == 1 and ids != [unk]
+        new[index] = old[ids].mean(0)
+    return new, exact / max(1, len(tokenizer))
+
+
+def build_warm_model(
+    pairs: list[tuple[str, str]], out_dir: str | Path, encoder_dir: str | Path, *, size: str = "base",
+    vocab_size: int = WARM_VOCAB, seed: int = 0,
+) -> dict[str, Any]:
+    """A Hugging Face ``EncoderDecoderModel``: the pretrained encoder in ``encoder_dir`` (its input embeddings moved
+    onto a joint BPE vocabulary trained on ``pairs``) and a fresh BERT-style decoder of ``size`` with cross-attention.
+    Saved with its tokenizer to ``out_dir``; it loads with ``AutoModelForSeq2SeqLM`` and no remote code.
+    Returns what was built (vocabulary, share of tokens mapped to one pretrained piece)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    tokenizer = _train_tokenizer(pairs, vocab_size)
+    base_tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
+    encoder = AutoModel.from_pretrained(encoder_dir, use_safetensors=True)
+    old = encoder.get_input_embeddings().weight.detach().float()
+    weights, exact = _remap_embeddings(tokenizer, base_tokenizer, old)
+    embedding = torch.nn.Embedding(len(tokenizer), old.size(1), padding_idx=tokenizer.pad_token_id)
+    embedding.weight.data.copy_(weights)
+    encoder.set_input_embeddings(embedding)
+    encoder.config.vocab_size = len(tokenizer)
+    encoder.config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    dims = SIZES[size]
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "bos_token_id": tokenizer.bos_token_id}
+    decoder = BertLMHeadModel(BertConfig(
+        vocab_size=len(tokenizer), hidden_size=dims["d_model"], num_hidden_layers=dims["layers"],
+        num_attention_heads=dims["heads"], intermediate_size=dims["ffn"], hidden_act="gelu",
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, max_position_embeddings=MAX_POSITIONS,
+        is_decoder=True, add_cross_attention=True, tie_word_embeddings=True, **ids,
+    ))
+    model = EncoderDecoderModel(encoder=encoder, decoder=decoder)
+    with torch.no_grad():  # the wrapper's weight initialisation redraws modules it did not load: set the remapped table after it
+        encoder.get_input_embeddings().weight.copy_(weights)
+    for key, value in {**ids, "decoder_start_token_id": tokenizer.bos_token_id}.items():
+        setattr(model.config, key, value)
+    model.generation_config = GenerationConfig(
+        **ids, decoder_start_token_id=tokenizer.bos_token_id, forced_eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=128, num_beams=1, no_repeat_ngram_size=4,
+    )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {"vocab": len(tokenizer), "embeddings_one_piece": round(exact, 3), "encoder": str(encoder_dir)}
+
+
+def _encode_sources(encoder: torch.nn.Module, src: list[list[int]], pad_id: int, bf16: bool, max_tokens: int = 8192) -> list[torch.Tensor]:
+    """The frozen encoder's last hidden states for every source (bf16, unpadded), computed once in length-sorted batches."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(src)
+    order = sorted(range(len(src)), key=lambda i: len(src[i]))
+    encoder.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * len(src[order[end]]) <= max_tokens:
+                end += 1
+            idx = order[start:end]
+            input_ids = _pad([src[i] for i in idx], pad_id)
+            hidden = encoder(input_ids=input_ids, attention_mask=input_ids.ne(pad_id)).last_hidden_state
+            for row, i in enumerate(idx):
+                out[i] = hidden[row, : len(src[i])].to(torch.bfloat16).clone()
+            start = end
+    return out
+
+
+def _teacher_forced_loss(model: Any, memory: list[torch.Tensor], tgt: list[list[int]], idx: list[int], pad_id: int, bf16: bool) -> float:
+    """Mean token cross-entropy (no smoothing) of ``model`` on the held-out examples ``idx``."""
+    total, count = 0.0, 0
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(idx), 64):
+            chunk = idx[start:start + 64]
+            logits, labels = _memory_logits(model, memory, tgt, chunk, pad_id)
+            loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+            total, count = total + float(loss), count + int(labels.ne(-100).sum())
+    model.train()
+    return total / max(1, count)
+
+
+def _memory_logits(model: Any, memory: list[torch.Tensor], tgt: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder logits over cached encoder states, at the target's real (non-padding) positions only: ``(N, vocab)``
+    with the ``(N,)`` labels. Skipping the padding's logits spares the largest matrix of a step."""
+    hidden = torch.nn.utils.rnn.pad_sequence([memory[i] for i in idx], batch_first=True)
+    lengths = torch.tensor([memory[i].size(0) for i in idx])
+    mask = (torch.arange(hidden.size(1))[None, :] < lengths[:, None]).long()
+    labels = _pad([tgt[i] for i in idx], -100)
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    projection = getattr(model, "enc_to_dec_proj", None)
+    if projection is not None:
+        hidden = projection(hidden)
+    states = model.decoder.bert(input_ids=decoder_input_ids, attention_mask=decoder_input_ids.ne(pad_id).long(),
+                                encoder_hidden_states=hidden, encoder_attention_mask=mask).last_hidden_state
+    real = labels.ne(-100)
+    return model.decoder.cls(states[real]), labels[real]
+
 
 def train_translation(
     pairs: list[tuple[str, str]],
@@ -168,70 +308,112 @@ def train_translation(
     size: str = "small",
     epochs: float = 12.0,
     lr: float = 1e-3,
-    batch_tokens: int = 1024,
+    batch_tokens: int | None = None,
     max_minutes: float | None = None,
     seed: int = 0,
     eval_pairs: list[tuple[str, str]] | None = None,
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Train a scratch model (``base=None``) or fine-tune the seq2seq directory ``base`` on ``pairs``; save to ``out_dir``.
+    """Train a translation model on ``pairs`` and save it to ``out_dir``; ``base`` picks how it starts:
 
-    ``size`` only applies to scratch models; ``base`` must be a model with ``prepare_decoder_input_ids_from_labels``
-    (Marian, BART, T5, mBART, ...) whose tokenizer appends EOS. ``train_seconds`` covers tokenizer training, model
-    building and the training loop (not the save or the evaluation).
+    - ``None``: from scratch, a joint BPE tokenizer and a Marian model of ``size``;
+    - a pretrained encoder (BERT, MiniLM, ...): warm start. The encoder, moved onto a joint BPE vocabulary, stays
+      frozen; its states are computed once; a fresh decoder of ``size`` learns to translate from them. 1 % of
+      ``pairs`` (at most 500) is held out, and the decoder's final weights compete with their moving average
+      (taken over the second half of training) on that slice: the lower loss is saved;
+    - a seq2seq directory (Marian, BART, T5, an earlier warm-started model, ...): fine-tuned, every weight.
 
-    ``batch_tokens`` bounds ``sentences * longest sequence`` per step; a step also takes at most 1/32 of ``pairs``. The learning rate warms up over the first 6 % of
-    training and decays linearly to zero at ``epochs``; with ``max_minutes`` the decay also tracks elapsed time, so the
-    schedule ends when the budget does (results then depend on machine speed; without a budget they depend on ``seed``
-    only). ``progress(step, total_steps, {"loss": ...})`` is called every few steps and once at the end.
+    ``batch_tokens`` bounds ``sentences * longest sequence`` per step (default 1024, 4096 with a frozen encoder); a step
+    also takes at most 1/32 of ``pairs``. The learning rate warms up over the first 6 % of training and decays linearly
+    to zero at ``epochs``; with ``max_minutes`` the decay also tracks elapsed time, so the schedule ends when the budget
+    does (results then depend on machine speed; without a budget they depend on ``seed`` only). ``train_seconds``
+    covers tokenizer training, model building, encoding and the loop (not the save or the evaluation).
+    ``progress(step, total_steps, {"loss": ...})`` is called every few steps and once at the end.
     Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
     """
     if not pairs:
         raise ValueError("train_translation needs at least one pair")
     start = time.monotonic()
     out_dir = Path(out_dir)
-    scratch = base is None
-    if base is None:
+    origin = "scratch" if base is None else ("warm" if is_encoder_only(base) else "finetune")
+    built: dict[str, Any] = {}
+    rng = random.Random(seed)
+    held_out: list[tuple[str, str]] = []
+    if origin == "scratch":
         build_scratch_model(pairs, out_dir, size=size, seed=seed)
         base = out_dir
+    elif origin == "warm":
+        if len(pairs) >= 200:
+            shuffled = pairs[:]
+            rng.shuffle(shuffled)
+            cut = min(500, len(pairs) // 100)
+            held_out, pairs = shuffled[:cut], shuffled[cut:]
+        built = build_warm_model(pairs, out_dir, str(base), size=size, seed=seed)
+        base = out_dir
+    frozen = origin == "warm"
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForSeq2SeqLM.from_pretrained(base, use_safetensors=True)
+    # short sequences: plain attention trains faster on CPU than the fused kernels' backward
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, **({"attn_implementation": "eager"} if frozen else {}))
     torch.manual_seed(seed)
-    rng = random.Random(seed)
+    batch_tokens = batch_tokens or (WARM_BATCH_TOKENS if frozen else 1024)
     max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
     src = tokenizer([p[0] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
     tgt = tokenizer(text_target=[p[1] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
-    batches = _make_batches([max(len(s), len(t)) for s, t in zip(src, tgt)], batch_tokens, rng)
-    total_steps = max(1, math.ceil(epochs * len(batches)))
-    warmup = 0.06
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     pad_id = tokenizer.pad_token_id
     bf16 = cpu_has_bf16()
+    memory: list[torch.Tensor] | None = None
+    held: list[int] = []
+    if frozen:
+        for param in model.get_encoder().parameters():
+            param.requires_grad_(False)
+        if held_out:
+            src += tokenizer([p[0] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
+            tgt += tokenizer(text_target=[p[1] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
+            held = list(range(len(pairs), len(src)))
+        memory = _encode_sources(model.get_encoder(), src, pad_id, bf16)
+    lengths = [max(len(s), len(t)) for s, t in zip(src[: len(pairs)], tgt[: len(pairs)])]
+    batches = _make_batches(lengths, batch_tokens, rng)
+    total_steps = max(1, math.ceil(epochs * len(batches)))
+    warmup = 0.06
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
+    average: dict[str, torch.Tensor] | None = None
+    average_decay = 0.998
     budget = max_minutes * 60.0 if max_minutes is not None else None
     model.train()
-    step, loss_sum, loss_n = 0, 0.0, 0
+    step, loss_sum, loss_n, frac = 0, 0.0, 0, 0.0
     order: list[int] = []
     while step < total_steps:
         if not order:
             order = list(range(len(batches)))
             rng.shuffle(order)
         idx = batches[order.pop()]
-        input_ids = _pad([src[i] for i in idx], pad_id)
-        labels = _pad([tgt[i] for i in idx], -100)
-        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id),
-                           decoder_input_ids=decoder_input_ids).logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), labels.view(-1),
+            if memory is not None:
+                logits, labels = _memory_logits(model, memory, tgt, idx, pad_id)
+            else:
+                input_ids = _pad([src[i] for i in idx], pad_id)
+                labels = _pad([tgt[i] for i in idx], -100)
+                decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+                logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id),
+                               decoder_input_ids=decoder_input_ids).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
                                ignore_index=-100, label_smoothing=0.1)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
         elapsed = time.monotonic() - start
         frac = step / total_steps if budget is None else max(step / total_steps, elapsed / budget)
         for group in optimizer.param_groups:
             group["lr"] = lr * _lr_factor(frac, warmup)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if held and frac >= 0.5:
+            with torch.no_grad():
+                if average is None:
+                    average = {name: p.detach().clone() for name, p in trainable}
+                else:
+                    for name, p in trainable:
+                        average[name].mul_(average_decay).add_(p.detach(), alpha=1.0 - average_decay)
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         out_of_time = budget is not None and time.monotonic() - start >= budget
@@ -241,6 +423,23 @@ def train_translation(
         if out_of_time:
             break
     train_seconds = time.monotonic() - start
+    selection: dict[str, Any] = {}
+    if memory is not None and held:
+        selection["final_loss"] = round(_teacher_forced_loss(model, memory, tgt, held, pad_id, bf16), 4)
+        if average is not None:
+            final = {name: p.detach().clone() for name, p in trainable}
+            with torch.no_grad():
+                for name, p in trainable:
+                    p.copy_(average[name])
+            selection["average_loss"] = round(_teacher_forced_loss(model, memory, tgt, held, pad_id, bf16), 4)
+            if selection["average_loss"] > selection["final_loss"]:
+                with torch.no_grad():
+                    for name, p in trainable:
+                        p.copy_(final[name])
+        selection["kept"] = "average" if selection.get("average_loss", math.inf) <= selection["final_loss"] else "final"
+        selection["held_out_pairs"] = len(held)
+    for param in model.parameters():
+        param.requires_grad_(True)
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
@@ -252,9 +451,13 @@ def train_translation(
         "epochs": round(step / len(batches), 3),
         "train_pairs": len(pairs),
         "seed": seed,
-        "params": {"base": None if scratch else str(base), "size": size if scratch else None, "epochs": epochs, "lr": lr,
+        "params": {"base": None if origin == "scratch" else str(base if origin == "finetune" else built.get("encoder")),
+                   "start": origin, "size": size if origin != "finetune" else None, "epochs": epochs, "lr": lr,
                    "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
-                   "label_smoothing": 0.1, "bf16_autocast": bf16, "n_parameters": sum(p.numel() for p in model.parameters())},
+                   "label_smoothing": 0.1, "bf16_autocast": bf16, "frozen_encoder": frozen,
+                   "n_parameters": sum(p.numel() for p in model.parameters()),
+                   "n_trained": sum(p.numel() for _, p in trainable), **built},
+        **({"selection": selection} if selection else {}),
         "metrics": metrics,
     }
 
