@@ -46,10 +46,9 @@ def test_flags_override_the_recipe_field_by_field(tmp_path: Path) -> None:
     train, other = tmp_path / "train.tsv", tmp_path / "other.tsv"
     train.write_text("a fine day\tpositive\nawful\tnegative\n", encoding="utf-8")
     other.write_text("fine\tpositive\n", encoding="utf-8")
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [{
+    pipeline = write_pipeline(tmp_path / "p.yaml", {
         "name": "s", "type": "classify", "model": "m", "labels": ["negative", "positive"],
-        "train": {"data": str(train), "eval_data": str(train), "epochs": 3, "lr": 0.001, "max_minutes": 5}}]}), encoding="utf-8")
+        "train": {"data": str(train), "eval_data": str(train), "epochs": 3, "lr": 0.001, "max_minutes": 5}})
     stage = load_pipeline(str(pipeline)).stage("s")
     flags = argparse.Namespace(**{name: None for name in RECIPE_FIELDS})
     merged = with_recipe(argparse.Namespace(**{**vars(flags), "epochs": 1.0, "eval_data": str(other)}), stage)
@@ -68,11 +67,9 @@ def test_a_recipe_may_name_several_data_files_read_as_one_set(tmp_path: Path) ->
     news, captions = tmp_path / "news.jsonl", tmp_path / "captions.jsonl"
     news.write_text('{"en": "The shop is closed.", "de": "Der Laden ist geschlossen."}\n', encoding="utf-8")
     captions.write_text('{"en": "A dog runs.", "de": "Ein Hund rennt."}\nnot json\n', encoding="utf-8")
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [{
+    pipeline = write_pipeline(tmp_path / "p.yaml", {
         "name": "t", "type": "translate", "model": "m", "source_lang": "en", "target_lang": "de",
-        "train": {"data": [str(news), str(captions)], "eval_data": str(news), "epochs": 1, "lr": 0.001, "max_minutes": 1}}]}),
-        encoding="utf-8")
+        "train": {"data": [str(news), str(captions)], "eval_data": str(news), "epochs": 1, "lr": 0.001, "max_minutes": 1}})
     stage = load_pipeline(str(pipeline)).stage("t")
     merged = with_recipe(argparse.Namespace(**{name: None for name in RECIPE_FIELDS}), stage)
     assert data_files(merged.data) == [str(news), str(captions)]
@@ -80,11 +77,10 @@ def test_a_recipe_may_name_several_data_files_read_as_one_set(tmp_path: Path) ->
     examples = [e for f in data_files(merged.data) for e in trainer.read(f, stage)]
     assert examples == [("The shop is closed.", "Der Laden ist geschlossen."), ("A dog runs.", "Ein Hund rennt.")]
     with pytest.raises(Exception, match="at least 1 item"):
-        load_pipeline_from(tmp_path, {"data": []})
+        load_pipeline(str(write_pipeline(tmp_path / "bad.yaml", {"name": "t", "type": "translate", "model": "m", "train": {"data": []}})))
 
 
-def load_pipeline_from(tmp_path: Path, train: dict) -> object:
-    pipeline = tmp_path / "bad.yaml"
-    pipeline.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [{
-        "name": "t", "type": "translate", "model": "m", "train": train}]}), encoding="utf-8")
-    return load_pipeline(str(pipeline))
+def write_pipeline(path: Path, stage: dict) -> Path:
+    """A one-stage pipeline file (a file source) at `path`."""
+    path.write_text(json.dumps({"name": "p", "source": {"type": "file", "path": "x"}, "stages": [stage]}), encoding="utf-8")
+    return path
