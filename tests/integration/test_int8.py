@@ -169,6 +169,39 @@ def test_qa_runs_at_int8(models_dir: Path, tmp_path: Path) -> None:
     assert answers["int8"].output["answers"][0].keys() == answers["fp32"].output["answers"][0].keys()
 
 
+def test_documents_run_side_by_side_give_the_scores_they_get_one_by_one(models_dir: Path, spam_copy: Path,
+                                                                        spam_checked: dict[str, Any], tmp_path: Path) -> None:
+    """A batch's documents run on several threads at once, one thread each; a lone document runs on all of them.
+    Every way gives each document the outputs it gets alone, per-token outputs included (-10000 at padding)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    qa = _copy(models_dir, "qa", tmp_path / "qa-v0")
+    int8.build(qa, "AutoModelForQuestionAnswering")
+    for model_dir, auto_class in ((spam_copy, SEQ), (qa, "AutoModelForQuestionAnswering")):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        texts = [TEXTS[0], TEXTS[1] * 5, TEXTS[2], TEXTS[3] * 2, TEXTS[4]]
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        serial = int8.OnnxEncoder(model_dir, auto_class, threads=1)
+        parallel = int8.OnnxEncoder(model_dir, auto_class, threads=2)
+        one_by_one = [serial(**tokenizer([text], return_tensors="pt")) for text in texts]
+        for encoder in (serial, parallel):
+            outputs = encoder(**batch)
+            for name in int8.OUTPUTS[auto_class]:
+                together = getattr(outputs, name)
+                assert together.shape[0] == len(texts)
+                for row, alone in enumerate(one_by_one):
+                    value = getattr(alone, name)[0]
+                    length = int(batch["attention_mask"][row].sum())
+                    got = together[row, :length] if name in int8.PER_TOKEN_OUTPUTS else together[row]
+                    assert torch.allclose(got, value, atol=1e-6)
+                    if name in int8.PER_TOKEN_OUTPUTS:
+                        assert bool((together[row, length:] == -10000.0).all())
+        lone = parallel(**tokenizer([texts[1]], return_tensors="pt"))
+        for name in int8.OUTPUTS[auto_class]:
+            assert torch.allclose(getattr(lone, name)[0], getattr(one_by_one[1], name)[0], atol=1e-6)
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=600)
