@@ -214,3 +214,22 @@ def test_warm_started_model_translates_and_fine_tunes_like_any_seq2seq_dir(warm_
     assert tuned["params"]["start"] == "finetune" and not tuned["params"]["frozen_encoder"]
     assert tuned["params"]["n_trained"] == tuned["params"]["n_parameters"]  # feedback fine-tuning moves every weight
     assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ft").config.model_type == "encoder-decoder"
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cached_encoder_states_feed_the_decoder_with_and_without_bf16(warm_dir, bf16):
+    """Warm training caches the frozen encoder's states once; the decoder must read them whether or not the CPU
+    trains under bf16 autocast (the fp32 path is what CPUs without AVX512-BF16/AMX take)."""
+    from worker.training.translation import _encode_sources, _teacher_forced_loss
+
+    out, _ = warm_dir
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    pairs = make_pairs(6)
+    src = tokenizer([p[0] for p in pairs])["input_ids"]
+    tgt = tokenizer(text_target=[p[1] for p in pairs])["input_ids"]
+    memory = _encode_sources(model.get_encoder(), src, tokenizer.pad_token_id, bf16)
+    assert [m.dtype for m in memory] == [torch.bfloat16 if bf16 else torch.float32] * len(pairs)
+    assert [m.size(0) for m in memory] == [len(s) for s in src]
+    loss = _teacher_forced_loss(model, memory, tgt, list(range(len(pairs))), tokenizer.pad_token_id, bf16)
+    assert 0.0 < loss < float(torch.log(torch.tensor(float(len(tokenizer)))))  # finite, and better than a uniform guess

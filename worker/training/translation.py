@@ -250,9 +250,12 @@ def build_warm_model(
 
 
 def _encode_sources(encoder: torch.nn.Module, src: list[list[int]], pad_id: int, bf16: bool, max_tokens: int = 8192) -> list[torch.Tensor]:
-    """The frozen encoder's last hidden states for every source (bf16, unpadded), computed once in length-sorted batches."""
+    """The frozen encoder's last hidden states for every source (unpadded), computed once in length-sorted batches.
+    Kept in bf16 where training runs under bf16 autocast (half the memory); in fp32 elsewhere, where the decoder's
+    fp32 layers read them as they are."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(src)
     order = sorted(range(len(src)), key=lambda i: len(src[i]))
+    dtype = torch.bfloat16 if bf16 else torch.float32
     encoder.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         start = 0
@@ -264,7 +267,7 @@ def _encode_sources(encoder: torch.nn.Module, src: list[list[int]], pad_id: int,
             input_ids = _pad([src[i] for i in idx], pad_id)
             hidden = encoder(input_ids=input_ids, attention_mask=input_ids.ne(pad_id)).last_hidden_state
             for row, i in enumerate(idx):
-                out[i] = hidden[row, : len(src[i])].to(torch.bfloat16).clone()
+                out[i] = hidden[row, : len(src[i])].to(dtype).clone()
             start = end
     return out
 
