@@ -1,11 +1,12 @@
 """int8 against fp32 on the shared evaluation sets: the same model version scored at both precisions.
 
-    .venv/bin/python benchmarks/int8_quality.py [--models-dir models] [--topic-model DIR] [--json]
+    .venv/bin/python benchmarks/int8_quality.py [--models-dir models] [--topic-model DIR] [--model STAGE=DIR ...] [--json]
 
 Rows: sentiment on SST-2 dev, spam on SMS test, topic on AG News test, QA on the QA eval
 set -- the stages of pipelines/shared_data.yaml, with the models given (default: the
 offline defaults of `make models` for sentiment, spam and QA; `--topic-model` names a
-version trained with `textworker train pipelines/shared_data.yaml --stage topic`). Each row
+version trained with `textworker train pipelines/shared_data.yaml --stage topic`; `--model`
+checks any stage's trained version instead of its default). Each row
 runs `worker.lifecycle.precision.check` (the int8 build and the guard that `precision: auto`
 reads), so it prints what the guard decides too.
 """
@@ -36,8 +37,19 @@ def main() -> None:
     parser.add_argument("--models-dir", default=os.environ.get("TEXTWORKER_MODELS_DIR", str(REPO / "models")))
     parser.add_argument("--shared-data", default=os.environ.get("TEXTWORKER_SHARED_DATA", str(REPO.parent / "shared" / "data")))
     parser.add_argument("--topic-model", help="a topic classifier version (AG News labels)")
+    parser.add_argument("--model", action="append", default=[], metavar="STAGE=DIR",
+                        help="check this version for the stage instead of the default one (repeatable), "
+                             "e.g. spam=models/spam/v1-shared")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    chosen: dict[str, str] = {}
+    for item in args.model:
+        stage_name, sep, directory = item.partition("=")
+        if not sep or stage_name not in {row[0] for row in ROWS} or not directory:
+            parser.error(f"--model takes STAGE=DIR with STAGE one of {', '.join(row[0] for row in ROWS)}; got {item!r}")
+        chosen[stage_name] = directory
+    if args.topic_model:
+        chosen.setdefault("topic", args.topic_model)
     os.environ.setdefault("TEXTWORKER_SHARED_DATA", args.shared_data)
 
     from worker.bench import machine, machine_line
@@ -49,9 +61,9 @@ def main() -> None:
     spec = load_pipeline(REPO / "pipelines" / "shared_data.yaml")
     rows: list[dict[str, Any]] = []
     for stage_name, family, rel in ROWS:
-        model = args.topic_model if stage_name == "topic" else str(Path(args.models_dir) / str(family))
+        model = chosen.get(stage_name) or (str(Path(args.models_dir) / family) if family else None)
         if model is None:
-            print(f"skipping {stage_name}: no --topic-model", file=sys.stderr)
+            print(f"skipping {stage_name}: no model given (--model {stage_name}=DIR)", file=sys.stderr)
             continue
         location = loading.resolve(model).location
         stage = spec.stage(stage_name).model_copy(update={"model": location, "precision": "auto"})
@@ -62,7 +74,7 @@ def main() -> None:
         verdict = precision.check(stage, location, sets={rel: examples}, what=rel, labels=labels)
         rows.append({"stage": stage_name, "data": rel, "model": location, **verdict, "seconds": round(time.perf_counter() - started, 1)})
         print(f"{stage_name}: {precision.describe(verdict)}", file=sys.stderr)
-    result = {"machine": machine(), "rows": rows}
+    result: dict[str, Any] = {"machine": machine(), "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return
