@@ -24,8 +24,7 @@ from schemas.pipeline import FileSource, KafkaSource, PipelineSpec, SpamStage, S
 from worker.assembly import run_source as run_pipeline
 from worker.engine.runs import RunSummary, new_run_id
 from worker.engine.stage_call import run_stage
-from worker.models import int8 as loading_int8
-from worker.models import loading
+from worker.models import int8, loading
 from worker.sinks.sql import SqlResultSink, normalise_url
 from worker.stages import build_stage
 
@@ -38,7 +37,7 @@ def _version(source: Path, target: Path, version: str, *, flip: bool = False) ->
     # without the seed's int8 build: v2's rewritten weights invalidate a copied build while v1's would stay
     # valid, and the two versions would then run at different precisions (int8 and fp32) where the CPU
     # passes the int8 check, so P_v2(spam) = 1 - P_v1(spam) would hold only to int8's error
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(loading_int8.INT8_DIR))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(int8.INT8_DIR))
     meta = loading.read_metadata(target)
     loading.write_metadata(target, {**meta, "version": version})
     if flip:
