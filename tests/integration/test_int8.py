@@ -101,6 +101,42 @@ def test_failed_check_keeps_auto_on_fp32_and_says_why(spam_copy: Path, spam_chec
         int8.write_info(spam_copy, info)
 
 
+def test_default_models_are_checked_on_held_out_data_when_it_is_here(spam_copy: Path, spam_checked: dict[str, Any], shared_data: Path,
+                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default model learnt every seed row, so on those rows its int8 build looks as good as fp32; `make models`
+    scores it on the shared data's held-out file instead, and says so when that file is not there."""
+    from worker.lifecycle import defaults
+
+    assert spam_checked["held_out"] is False and "of its training rows" in guard.describe(spam_checked)
+    assert "training rows only" in precisions.choose("auto", "cpu", spam_copy, SEQ).reason
+    model = tmp_path / "spam-v0"
+    shutil.copytree(spam_copy, model)  # its int8 build comes along (same weights): no rebuild
+    assert int8.read_info(model) is not None
+    lines = (shared_data / "sms_spam" / "test.tsv").read_text(encoding="utf-8").splitlines()
+    picked = [line for line in lines if line.startswith("spam\t")][:25] + [line for line in lines if line.startswith("ham\t")][:25]
+    heldout = tmp_path / "shared" / "sms_spam" / "test.tsv"
+    heldout.parent.mkdir(parents=True)
+    heldout.write_text("\n".join(picked) + "\n", encoding="utf-8")
+    monkeypatch.setenv("TEXTWORKER_SHARED_DATA", str(tmp_path / "shared"))
+    said: list[str] = []
+    defaults._check_int8("spam", defaults.RECIPES["spam"], model, said.append)
+    quality = int8.read_info(model)["quality"]  # type: ignore[index]
+    assert quality["held_out"] is True and quality["rows"] == 50 and str(heldout) in quality["data"]
+    assert len(said) == 1 and "held out" in said[0] and "training rows" not in said[0]
+    assert "training rows" not in precisions.choose("auto", "cpu", model, SEQ).reason
+
+    heldout.write_text("\x00\x01 no label column here\n", encoding="utf-8")  # damaged: the check falls back and says why
+    said.clear()
+    defaults._check_int8("spam", defaults.RECIPES["spam"], model, said.append)
+    assert "cannot read the held-out file" in said[0] and "of its training rows" in said[-1]
+
+    monkeypatch.setenv("TEXTWORKER_SHARED_DATA", str(tmp_path / "nowhere"))
+    said.clear()
+    defaults._check_int8("spam", defaults.RECIPES["spam"], model, said.append)
+    assert "no held-out file" in said[0] and "of its training rows" in said[-1]
+    assert int8.read_info(model)["quality"]["held_out"] is False  # type: ignore[index]
+
+
 def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
     before = int8.read_info(spam_copy)
     assert before is not None

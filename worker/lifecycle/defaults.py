@@ -3,11 +3,19 @@ the seed data in `worker/seed/` (written for this project).
 
 Each default is a model family directory `<models>/<name>/` with a version
 `v0-seed/` and a `current` pointer, so `textworker train` can add versions beside it.
+
+A default trained on every seed row has no rows of its own to hold out, and scored on the
+rows it learnt from, an int8 build looks as good as fp32 even where it flips labels on new
+text. So the int8 check (`worker.lifecycle.precision`) scores each default on a held-out
+evaluation file of the public data sets when they are on the machine
+(`$TEXTWORKER_SHARED_DATA`, default `../shared/data`: SST-2 dev, the SMS spam test set, the
+QA evaluation set), and on its seed rows only otherwise, saying so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,13 +71,16 @@ class Recipe:
     from_minilm: bool = True  # fine-tune the shipped MiniLM encoder (else the trainer starts from scratch)
     params: dict[str, Any] = field(default_factory=dict)
     stage: dict[str, Any] = field(default_factory=dict)  # stage spec fields the int8 check scores with (worker.lifecycle.precision)
+    heldout: str | None = None  # the int8 check's held-out evaluation file, under the shared data sets (`shared_data_dir`)
 
 
 RECIPES: dict[str, Recipe] = {
-    "sentiment": Recipe("classify", "sentiment.tsv", ("negative", "positive"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
-    "spam": Recipe("spam", "spam.tsv", ("ham", "spam"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128}),
+    "sentiment": Recipe("classify", "sentiment.tsv", ("negative", "positive"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128},
+                        heldout="sst2/dev.tsv"),
+    "spam": Recipe("spam", "spam.tsv", ("ham", "spam"), params={"epochs": 4, "lr": 1e-4, "batch_size": 16, "max_length": 128},
+                   heldout="sms_spam/test.tsv"),
     "qa": Recipe("qa", "qa.jsonl", params={"epochs": 3, "lr": 1e-4, "batch_size": 16, "max_length": 256, "stride": 64},
-                 stage={"question_field": "question", "max_length": 256, "stride": 64}),
+                 stage={"question_field": "question", "max_length": 256, "stride": 64}, heldout="qa/eval.jsonl"),
     "translate": Recipe("translate", "translation.jsonl", from_minilm=False, params={"size": "tiny", "epochs": 30}),
 }
 
@@ -102,16 +113,35 @@ def _build_one(name: str, family: Path, log_step: Callable[[str], None]) -> None
         _check_int8(name, RECIPES[name], out, log_step)
 
 
+def shared_data_dir() -> Path:
+    """The public data sets: `$TEXTWORKER_SHARED_DATA`, else `../shared/data` from the working directory."""
+    return Path(os.environ.get("TEXTWORKER_SHARED_DATA") or "../shared/data")
+
+
 def _check_int8(name: str, recipe: Recipe, out: Path, log_step: Callable[[str], None]) -> None:
-    """The int8 build and its quality check, on the version's reference sets (`worker.lifecycle.precision`)."""
-    from worker.lifecycle import precision
+    """The int8 build and its quality check (`worker.lifecycle.precision`): on the recipe's held-out file when the
+    shared data sets are here, else on the version's reference sets (its seed rows), and the log says which."""
+    from worker.lifecycle import precision, references
     from worker.stages import plugin_for
 
     fields = {"name": name, "type": recipe.task, "model": str(out), **recipe.stage}
     if recipe.labels and plugin_for(recipe.task).label_set and recipe.task != "spam":
         fields["labels"] = list(recipe.labels)
     stage = plugin_for(recipe.task).spec.model_validate(fields)
-    verdict = precision.check_quietly(stage, out, labels=list(recipe.labels) if recipe.labels else None)
+    labels = list(recipe.labels) if recipe.labels else None
+    heldout = shared_data_dir() / recipe.heldout if recipe.heldout else None
+    kwargs: dict[str, Any] = {}
+    if heldout is not None and heldout.is_file():
+        try:
+            examples = references.read_examples(recipe.task, str(heldout), stage, labels)
+        except Exception as exc:  # noqa: BLE001 -- a damaged file: check on the seed rows instead, and say so
+            log_step(f"  {name}: cannot read the held-out file {heldout} ({str(exc)[:200]}); the int8 check uses the seed rows")
+        else:
+            kwargs = {"sets": {recipe.heldout: examples}, "what": f"{heldout} (held out)"}
+    elif heldout is not None:
+        log_step(f"  {name}: no held-out file at {heldout} (set TEXTWORKER_SHARED_DATA); the int8 check scores the seed rows "
+                 "the model was trained on")
+    verdict = precision.check_quietly(stage, out, labels=labels, **kwargs)
     if verdict is not None:
         log_step(f"  {name}: {precision.describe(verdict)}")
 

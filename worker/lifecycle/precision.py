@@ -4,7 +4,11 @@ Run for a stage with `precision: int8` or `auto` (classify, spam and qa) when a 
 made (`textworker train`, `make models`) and before a fine-tuned candidate is promoted,
 and for any stage by `textworker models quantize`. The evaluation data is the
 version's own reference sets (`worker.lifecycle.references`): its `eval` and `heldout`
-sets when it has them, else its `train` snapshot; a file can be named instead. Both
+sets when it has them, else its `train` snapshot; a file can be named instead (`make models`
+names the shared data sets' held-out files for the default models when they are on the
+machine, `worker.lifecycle.defaults`). The verdict says whether it was scored on held-out
+rows (`held_out`): a check on training rows only is weak evidence, because a model is
+surest of the rows it learnt from, and `auto` says so when it relies on one. Both
 precisions predict the same rows; the stage type's primary metric (its plug-in's
 `default_metric`) may fall by at most `TOLERANCE` (0.01 on the 0..1 scale: one point for
 metrics reported 0..100). The verdict is written into the int8 build's record, where
@@ -38,22 +42,26 @@ def applies(stage: Any) -> bool:
             and int8.supports(getattr(plugin_for(stage.type).stage, "auto_class", "")))
 
 
-def reference_rows(model_dir: str | Path) -> tuple[dict[str, list[Any]], str]:
-    """The version's evaluation rows by set name (eval/heldout sets, else its train snapshot) and what they are."""
+def reference_rows(model_dir: str | Path) -> tuple[dict[str, list[Any]], str, bool]:
+    """The version's evaluation rows by set name (eval/heldout sets, else its train snapshot), what they are, and
+    whether they are held out from its training."""
     sets = references.manifest(model_dir)
-    chosen = [s for s in sets if s.role in TARGET_ROLES] or [s for s in sets if s.role == "train"]
+    held_out = [s for s in sets if s.role in TARGET_ROLES]
+    chosen = held_out or [s for s in sets if s.role == "train"]
     rows = {s.name: references.load_rows(model_dir, s) for s in chosen}
-    return rows, ", ".join(f"{s.name} ({s.role}, {s.rows} rows)" for s in chosen)
+    return rows, ", ".join(f"{s.name} ({s.role}, {s.rows} rows)" for s in chosen), bool(held_out)
 
 
 def check(stage: Any, model_dir: str | Path, *, sets: dict[str, Sequence[Any]] | None = None, what: str | None = None,
-          labels: Sequence[str] | None = None, tolerance: float = TOLERANCE, force: bool = False) -> dict[str, Any]:
-    """Build (or reuse) the version's int8 build, score it against fp32 and record the verdict; returns it."""
+          labels: Sequence[str] | None = None, tolerance: float = TOLERANCE, force: bool = False,
+          held_out: bool = True) -> dict[str, Any]:
+    """Build (or reuse) the version's int8 build, score it against fp32 and record the verdict; returns it.
+    `held_out` says whether named `sets` are held out from the version's training (a named file is taken to be)."""
     auto_class = plugin_for(stage.type).stage.auto_class
     build = int8.build(model_dir, auto_class, force=force)
     rows: dict[str, Sequence[Any]]
     if sets is None:
-        found, what = reference_rows(model_dir)
+        found, what, held_out = reference_rows(model_dir)
         rows = dict(found)
     else:
         rows = dict(sets)
@@ -70,7 +78,7 @@ def check(stage: Any, model_dir: str | Path, *, sets: dict[str, Sequence[Any]] |
     drop = fp32 - quantised
     verdict = {
         "metric": metric, "fp32": round(fp32, 4), "int8": round(quantised, 4), "drop": round(drop, 4), "tolerance": allowed,
-        "passed": drop <= allowed + 1e-9, "rows": sum(len(v) for v in rows.values()), "data": what or ", ".join(rows),
+        "passed": drop <= allowed + 1e-9, "rows": sum(len(v) for v in rows.values()), "data": what or ", ".join(rows), "held_out": held_out,
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     int8.write_info(model_dir, {**build, "quality": verdict})
@@ -94,5 +102,6 @@ def describe(verdict: dict[str, Any]) -> str:
     if verdict.get("error"):
         return f"int8: not built ({verdict['error'][:200]}); the version runs at fp32"
     outcome = "passed" if verdict["passed"] else "failed: the version stays on fp32 unless a stage asks for int8"
+    rows = f"{verdict['rows']} rows" if verdict.get("held_out", True) else f"{verdict['rows']} of its training rows"
     return (f"int8 check {outcome} ({verdict['metric']} {verdict['fp32']} at fp32, {verdict['int8']} at int8, "
-            f"drop {verdict['drop']} against a tolerance of {verdict['tolerance']}, {verdict['rows']} rows)")
+            f"drop {verdict['drop']} against a tolerance of {verdict['tolerance']}, {rows}; {verdict.get('data', '')})")

@@ -75,6 +75,9 @@ def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
     if not info.get("batch_independent"):
         return Choice("fp32", f"auto: the int8 version passed its quality check ({verdict}) but quantises activations per batch, "
                               "so a document's scores would depend on its batch mates; rebuild it (textworker models quantize --force)")
+    if quality.get("held_out") is False:
+        return Choice("int8", f"auto: the int8 version passed its quality check on its training rows only ({verdict}); "
+                              "check it on held-out data: textworker models quantize PIPELINE --stage NAME --data FILE")
     return Choice("int8", f"auto: the int8 version passed its quality check ({verdict})")
 
 
