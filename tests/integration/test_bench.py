@@ -37,6 +37,7 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     assert 0 < result["roofline_fraction"] == pytest.approx(rates["textworker"] / rates["roofline"], rel=0.01)
     assert "textworker:" in done.stderr and "docs/s" in done.stderr  # each contender reported as it finishes
     assert result["precision"] == "fp32" and result["peak_dtype"] == "fp32" and set(result["peaks"]) == {"fp32", "int8"}
+    assert len(result["peak_samples"]) == 2 and result["matmul_peak_gflops"] == max(result["peak_samples"])  # before and after
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
 
 
