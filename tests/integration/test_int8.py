@@ -70,6 +70,14 @@ def test_guard_records_its_verdict_in_the_build(spam_copy: Path, spam_checked: d
     assert info["last_layer_first_token_only"] is True  # the head reads the first token only
     assert info["batch_independent"] is True and "per document" in info["activations"]
     assert (spam_copy / int8.INT8_DIR / int8.ONNX_FILE).is_file()
+    import onnx
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(spam_copy / int8.INT8_DIR / int8.ONNX_FILE)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    widest = max(int(abs(w.astype("int32")).max()) for w in weights)
+    assert info["reduce_range"] == int8.reduce_range()
+    assert (widest <= 64) if info["reduce_range"] else (widest > 64)  # the recorded range is the range the weights use
 
 
 def test_auto_picks_only_a_passed_batch_independent_build(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
