@@ -209,11 +209,12 @@ def _measure(spec: PipelineSpec, bootstrap: str, pipeline_path: str, rates: list
         producer = _producer(bootstrap)
         try:
             progress(f"warming up: {WARMUP_DOCS} documents through a {runtime} worker")
-            warm = _offer(producer, topic, "warm-", texts, 20.0, WARMUP_DOCS / 20.0, 0)
-            _wait(lambda: len(stored.stored("warm-")) >= len(warm), 600, "the warm-up documents", worker, log)
+            # ids carry the run's id: a database that already holds an earlier run's rows must not answer for this one
+            warm = _offer(producer, topic, f"{run_id}-warm-", texts, 20.0, WARMUP_DOCS / 20.0, 0)
+            _wait(lambda: len(stored.stored(f"{run_id}-warm-")) >= len(warm), 600, "the warm-up documents", worker, log)
             index = WARMUP_DOCS
             for number, rate in enumerate(rates):
-                prefix = f"r{number}-"
+                prefix = f"{run_id}-r{number}-"
                 progress(f"offering {rate:g} docs/s for {seconds:g} s")
                 sent = _offer(producer, topic, prefix, texts, rate, seconds, index)
                 index += len(sent)

@@ -32,6 +32,13 @@ def test_latency_bench_reports_percentiles_and_rates(models_dir: Path, kafka_boo
     assert result["stages"] == ["sentiment", "spam"] and result["database"] == "sqlite"
     assert "p95" in result["p95_crosses_1s"]["text"] and result["machine"]["cpu"]
 
+    # a second run into the same database: the first run's rows must not stand in for its documents
+    again = subprocess.run([sys.executable, "-m", "worker.cli", "bench", "pipelines/stream.yaml", "--latency", "--rate", "4",
+                            "--seconds", "3", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    row = json.loads(again.stdout)["rates"][0]
+    assert row["docs"] == 12 and 0 < row["p50"] <= row["p95"] <= row["max"] < 60_000 and row["achieved_rate"]
+
 
 def test_latency_needs_a_stream_pipeline(models_dir: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--latency", "--rate", "5"],
