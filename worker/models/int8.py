@@ -352,6 +352,11 @@ class OnnxEncoder:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep rather than spin: a pipeline holds one session per stage, beside the sink, the Kafka
+        # client and often the broker and database on the same cores, and a spinning pool takes the CPU the next
+        # stage needs. Measured 2026-12-01, AMD EPYC (2 vCPUs, AVX2), pipelines/stream.yaml at 20 docs/s into
+        # PostgreSQL (two runs each): spinning p50 80/77 ms, p95 156/143 ms; sleeping p50 41/41 ms, p95 65/64 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(self._path, options, providers=["CPUExecutionProvider"])
 
     def forward(self, input_ids: Any = None, attention_mask: Any = None, token_type_ids: Any = None, **_: Any) -> Any:
