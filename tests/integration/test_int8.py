@@ -160,6 +160,13 @@ def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, sp
     assert int8.read_info(spam_copy) == before
 
 
+def test_idle_session_threads_sleep(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    """A stage's pool threads must not spin between calls: the next stage, the sink and the broker need the cores."""
+    encoder = int8.OnnxEncoder(spam_copy, SEQ, threads=2)
+    for session in (encoder.session, encoder._session(1)):
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_int8_stage_agrees_with_fp32_and_says_its_precision(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
     docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(TEXTS * 4)]
     runs = {}
