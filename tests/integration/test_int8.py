@@ -145,6 +145,46 @@ def test_default_models_are_checked_on_held_out_data_when_it_is_here(spam_copy: 
     assert int8.read_info(model)["quality"]["held_out"] is False  # type: ignore[index]
 
 
+def test_a_check_from_another_kind_of_int8_kernels_does_not_carry_over(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    """AVX2, VNNI and AMX kernels round differently (the same default model passed on one and failed on another), so
+    `auto` trusts a verdict only on the kind of machine it was reached on."""
+    assert spam_checked["kernels"] == int8.kernels()
+    info = int8.read_info(spam_copy)
+    assert info is not None
+    elsewhere = "amx" if int8.kernels() != "amx" else "avx2"
+    int8.write_info(spam_copy, {**info, "quality": {**spam_checked, "kernels": elsewhere}})
+    try:
+        choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
+        assert choice.precision == "fp32" and f"checked on a machine with {elsewhere} int8 kernels" in choice.reason
+        assert precisions.choose("int8", "cpu", spam_copy, SEQ).precision == "int8"  # asked for explicitly: runs
+    finally:
+        int8.write_info(spam_copy, info)
+    assert precisions.choose("auto", "cpu", spam_copy, SEQ).precision == "int8"
+
+
+def test_a_read_only_version_is_checked_and_rebuilt_in_the_cache(spam_copy: Path, spam_checked: dict[str, Any], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image's models are read-only to the user it runs as: a check on the machine it runs on (`models quantize`)
+    records its verdict, with a copy of the build, in the cache, and that record is the one used from then on."""
+    model = tmp_path / "read-only"
+    shutil.copytree(spam_copy, model)
+    beside = model.resolve() / int8.INT8_DIR
+    shipped = json.loads((beside / int8.INFO_FILE).read_text(encoding="utf-8"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TEXTWORKER_CACHE_DIR", str(cache))
+    writable = int8._writable
+    monkeypatch.setattr(int8, "_writable", lambda d: not Path(d).resolve().is_relative_to(model.resolve()) and writable(d))
+    assert int8.int8_dir(model) == beside and int8.read_info(model) == shipped
+    verdict = guard.check(SpamStage(name="spam", model=str(model)), model, tolerance=0.5)
+    assert int8.int8_dir(model).is_relative_to(cache) and int8.read_info(model)["quality"] == verdict  # type: ignore[index]
+    assert json.loads((beside / int8.INFO_FILE).read_text(encoding="utf-8")) == shipped  # the shipped record is untouched
+    assert int8.OnnxEncoder(model, SEQ, threads=1)._path.startswith(str(cache))
+    assert precisions.choose("auto", "cpu", model, SEQ).precision == "int8"
+    rebuilt = int8.build(model, SEQ, force=True)  # a forced rebuild goes to the cache too
+    assert rebuilt["quality"] is None and int8.read_info(model) == rebuilt and int8.int8_dir(model).is_relative_to(cache)
+    assert json.loads((beside / int8.INFO_FILE).read_text(encoding="utf-8")) == shipped
+
+
 def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
     before = int8.read_info(spam_copy)
     assert before is not None

@@ -19,3 +19,13 @@ def test_the_environment_decides_when_set() -> None:
     assert int8.reduce_range(AVX2, "x86_64", {"TEXTWORKER_INT8_REDUCE_RANGE": "0"}) is False
     assert int8.reduce_range(AVX2 | {"avx512_vnni"}, "x86_64", {"TEXTWORKER_INT8_REDUCE_RANGE": "1"}) is True
     assert int8.reduce_range(AVX2, "x86_64", {"TEXTWORKER_INT8_REDUCE_RANGE": "maybe"}) is True  # not a yes/no: the machine decides
+
+
+def test_kernel_kinds() -> None:
+    assert int8.kernels(AVX2, "x86_64") == "avx2"
+    assert int8.kernels(AVX2 | {"avx512f", "avx512bw"}, "x86_64") == "avx512"
+    assert int8.kernels(AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}, "x86_64") == "vnni"
+    assert int8.kernels(AVX2 | {"avx_vnni"}, "x86_64") == "vnni"
+    assert int8.kernels(AVX2 | {"avx512_vnni", "amx_int8", "amx_tile"}, "x86_64") == "amx"
+    assert int8.kernels({"sse4_2"}, "x86_64") == "x86"
+    assert int8.kernels(set(), "aarch64") == "aarch64"

@@ -79,6 +79,7 @@ def check(stage: Any, model_dir: str | Path, *, sets: dict[str, Sequence[Any]] |
     verdict = {
         "metric": metric, "fp32": round(fp32, 4), "int8": round(quantised, 4), "drop": round(drop, 4), "tolerance": allowed,
         "passed": drop <= allowed + 1e-9, "rows": sum(len(v) for v in rows.values()), "data": what or ", ".join(rows), "held_out": held_out,
+        "kernels": int8.kernels(),
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     int8.write_info(model_dir, {**build, "quality": verdict})

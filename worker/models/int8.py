@@ -11,7 +11,9 @@ comparison. Numbers for a given machine come from `textworker bench --precision`
 A version's int8 files live in `<version>/int8/`: `model.onnx` and `int8.json` (what it was
 built from, with which onnxruntime, and -- once checked -- the quality guard's verdict,
 `worker.lifecycle.precision`). A version directory that cannot be written (a read-only
-image) gets them under `$TEXTWORKER_CACHE_DIR` (default `~/.cache/textworker`) instead.
+image) gets them under `$TEXTWORKER_CACHE_DIR` (default `~/.cache/textworker`) instead, and
+so does a verdict reached later for a build that sits read-only beside its weights (the
+build is copied there with it); a current build in the cache is used before one beside.
 
 Activations are quantised dynamically, one scale per tensor computed as it runs. Run on a
 padded batch, that scale would cover the batch mates and the padding too, and a document's
@@ -85,14 +87,37 @@ def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK)
 
 
-def int8_dir(model_dir: str | Path) -> Path:
-    """Where a version's int8 files are: beside its weights, else (read-only) in the cache."""
-    model_dir = Path(model_dir).resolve()
-    beside = model_dir / INT8_DIR
-    if beside.is_dir() or _writable(model_dir):
-        return beside
+def _cache_dir(model_dir: Path) -> Path:
     key = hashlib.sha256(f"{model_dir}:{source_fingerprint(model_dir)}".encode()).hexdigest()[:16]
     return _cache_root() / INT8_DIR / key
+
+
+def _valid(directory: Path, model_dir: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("format") != FORMAT or info.get("source") != source_fingerprint(model_dir) or not (directory / ONNX_FILE).is_file():
+        return None
+    return dict(info)
+
+
+def _write_target(model_dir: Path) -> Path:
+    """Where a new build goes: beside the weights where that can be written, else in the cache."""
+    beside = model_dir / INT8_DIR
+    if (beside.is_dir() and _writable(beside)) or (not beside.exists() and _writable(model_dir)):
+        return beside
+    return _cache_dir(model_dir)
+
+
+def int8_dir(model_dir: str | Path) -> Path:
+    """Where a version's int8 files are: a current build in the cache (made, or re-checked, where the version's own
+    directory is read-only: an image's models) before one beside the weights; with neither, where a build would go."""
+    model_dir = Path(model_dir).resolve()
+    for directory in (_cache_dir(model_dir), model_dir / INT8_DIR):
+        if _valid(directory, model_dir) is not None:
+            return directory
+    return _write_target(model_dir)
 
 
 def source_fingerprint(model_dir: str | Path) -> str:
@@ -106,18 +131,21 @@ def source_fingerprint(model_dir: str | Path) -> str:
 
 def read_info(model_dir: str | Path) -> dict[str, Any] | None:
     """The int8 version's record, or None when there is none built from the current weights."""
-    info_file = int8_dir(model_dir) / INFO_FILE
-    try:
-        info = json.loads(info_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if info.get("format") != FORMAT or info.get("source") != source_fingerprint(model_dir) or not (info_file.parent / ONNX_FILE).is_file():
-        return None
-    return dict(info)
+    model_dir = Path(model_dir).resolve()
+    return _valid(int8_dir(model_dir), model_dir)
 
 
 def write_info(model_dir: str | Path, info: dict[str, Any]) -> None:
-    target = int8_dir(model_dir) / INFO_FILE
+    """Record `info` (a quality verdict) with the build; a build whose directory cannot be written is copied to the
+    cache first, and the record goes there."""
+    model_dir = Path(model_dir).resolve()
+    directory = int8_dir(model_dir)
+    if not _writable(directory):
+        cached = _cache_dir(model_dir)
+        cached.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(directory / ONNX_FILE, cached / ONNX_FILE)
+        directory = cached
+    target = directory / INFO_FILE
     tmp = target.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, target)
@@ -149,6 +177,25 @@ def reduce_range(flags: set[str] | None = None, arch: str | None = None, env: di
     return not flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"}
 
 
+def kernels(flags: set[str] | None = None, arch: str | None = None) -> str:
+    """Which kind of ONNX Runtime int8 kernels this machine runs: `amx`, `vnni`, `avx512`, `avx2` (x86), else the
+    architecture's name. The kinds round and add differently, so a build's scores, and the verdict of its quality
+    check, hold for the kind it was checked on (`worker.models.precision`)."""
+    import platform
+
+    machine = (arch or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return machine or "unknown"
+    flags = _cpu_flags() if flags is None else flags
+    if "amx_int8" in flags:
+        return "amx"
+    if flags & {"avx512_vnni", "avx_vnni", "avx_vnni_int8"}:
+        return "vnni"
+    if "avx512bw" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "x86"
+
+
 def supports(auto_class: str) -> bool:
     return auto_class in OUTPUTS
 
@@ -165,7 +212,7 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
     if info is not None:
         return info
     started = time.perf_counter()
-    target = int8_dir(model_dir)
+    target = _write_target(Path(model_dir).resolve())
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=target.parent))
     try:

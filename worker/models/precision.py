@@ -1,8 +1,10 @@
 """Which precision a stage runs at (the stage spec's `precision`), and loading a model at it.
 
 - `auto`: int8 on CPU when the version's int8 build passed its quality check
-  (`worker.lifecycle.precision`) and gives every document the same scores whatever its
-  batch mates, bf16 on CUDA, fp32 otherwise; the reason is logged. int8 builds run each
+  (`worker.lifecycle.precision`) on a machine with the same kind of int8 kernels as this
+  one (AVX2, AVX-512, VNNI, AMX: they round differently, and a check on one kind does not
+  hold for another) and gives every document the same scores whatever its batch mates,
+  bf16 on CUDA, fp32 otherwise; the reason is logged. int8 builds run each
   document on its own (`worker.models.int8`), so a checked build qualifies; one that
   does not record `batch_independent` (an older format) stays on fp32, because a
   document's scores would then depend on the batch it lands in and entry points would
@@ -72,6 +74,10 @@ def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
     verdict = f"{quality['metric']} {quality['fp32']} at fp32, {quality['int8']} at int8"
     if not quality.get("passed"):
         return Choice("fp32", f"auto: the int8 version failed its quality check ({verdict}; drop over {quality['tolerance']})")
+    checked_on, here = quality.get("kernels"), int8.kernels()
+    if checked_on and checked_on != here:
+        return Choice("fp32", f"auto: the int8 version was checked on a machine with {checked_on} int8 kernels and this one has {here}, "
+                              "whose scores differ; check it here: textworker models quantize PIPELINE --stage NAME --data FILE")
     if not info.get("batch_independent"):
         return Choice("fp32", f"auto: the int8 version passed its quality check ({verdict}) but quantises activations per batch, "
                               "so a document's scores would depend on its batch mates; rebuild it (textworker models quantize --force)")
