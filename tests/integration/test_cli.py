@@ -85,3 +85,16 @@ def test_models_list_shows_the_defaults(models_dir: Path) -> None:
     listed = json.loads(textworker("models", "list", "--dir", str(models_dir), "--json").stdout)
     current = {r["family"] for r in listed if r["current"]}
     assert {"sentiment", "spam", "qa", "translate", "roberta"} <= current
+
+
+def test_models_list_shows_each_versions_int8_check(models_dir: Path, shared_data: Path) -> None:
+    """`make models` checks the classifier and QA defaults at int8 on held-out data (the shared sets are here)."""
+    listed = {r["family"]: r for r in json.loads(textworker("models", "list", "--dir", str(models_dir), "--json").stdout) if r["current"]}
+    for family in ("sentiment", "spam", "qa"):
+        quality = listed[family]["int8"]["quality"]
+        assert quality["held_out"] is True and quality["rows"] > 400, family
+    assert listed["translate"]["int8"] is None
+    table = textworker("models", "list", "--dir", str(models_dir)).stdout
+    assert "int8 check" in table
+    row = next(line for line in table.splitlines() if line.startswith("spam "))
+    assert "held out" in row and ("pass" in row or "FAIL" in row)

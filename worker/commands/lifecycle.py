@@ -199,7 +199,7 @@ def registry_rows(disk: list[dict[str, Any]], records: list[ModelRecord]) -> lis
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from worker.models.catalog import _headline, list_models
+    from worker.models.catalog import _headline, int8_summary, list_models
 
     disk = list_models(Path(args.dir))
     registry = _registry_if_present(args.database_url)
@@ -209,9 +209,9 @@ def _models_list(args: argparse.Namespace) -> int:
         if registry is not None:
             registry.close()
     rows = registry_rows(disk, records)
-    lines = [f"{'family':<12} {'version':<22} {'task':<10} {'status':<10} cur  metrics"]
+    lines = [f"{'family':<12} {'version':<22} {'task':<10} {'status':<10} cur  {'int8 check (drop)':<30} metrics"]
     lines += [f"{r['family']:<12} {r['version']:<22} {str(r['task']):<10} {r['status'] or '-':<10} {'*' if r['current'] else ' ':<4} "
-              f"{_headline(r['metrics'] or {})}" for r in rows]
+              f"{int8_summary(r.get('int8')):<30} {_headline(r['metrics'] or {})}" for r in rows]
     warnings = pointer_disagreements(rows)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worker.models import loading
+from worker.models import int8, loading
 
 
 def list_models(models_dir: Path) -> list[dict[str, Any]]:
@@ -23,6 +23,7 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
                 "current": version == current or version == family, "path": str(version),
                 "base_model": meta.get("base_model"), "created_at": meta.get("created_at"),
                 "metrics": meta.get("metrics") or {}, "train_seconds": meta.get("train_seconds"),
+                "int8": int8.read_info(version),
             })
     return rows
 
@@ -30,3 +31,17 @@ def list_models(models_dir: Path) -> list[dict[str, Any]]:
 def _headline(metrics: dict[str, Any]) -> str:
     keys = ("accuracy", "macro_f1", "f1", "exact_match", "bleu", "chrf")
     return " ".join(f"{k}={metrics[k]}" for k in keys if k in metrics)
+
+
+def int8_summary(info: dict[str, Any] | None) -> str:
+    """One cell for `models list`: the version's int8 build and its quality check."""
+    if not info:
+        return "-"
+    quality = info.get("quality")
+    if not quality:
+        return "unchecked"
+    if quality.get("error"):
+        return "not built"
+    outcome = "pass" if quality.get("passed") else "FAIL"
+    where = ["held out" if quality.get("held_out", True) else "train rows"] + ([quality["kernels"]] if quality.get("kernels") else [])
+    return f"{outcome} {quality.get('drop', 0):+g} ({', '.join(where)})"
