@@ -69,16 +69,11 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
 def machine() -> dict[str, Any]:
     """What a figure was measured on: the date, CPU model, logical cores and the ISA flags that decide matmul speed."""
     import platform
-    import re
 
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        info = ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags_line = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
-    flags = set(flags_line.group(1).split()) if flags_line else set()
-    return {"date": time.strftime("%Y-%m-%d"), "cpu": model.group(1).strip() if model else platform.processor() or platform.machine(),
+    from worker.machine import cpu_field, cpu_flags
+
+    flags = cpu_flags()
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_field("model name") or platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "isa": [flag for flag in ISA_FLAGS if flag in flags]}
 
 

@@ -54,6 +54,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from worker.errors import ModelFormatError
+from worker.machine import cpu_flags
 
 log = logging.getLogger(__name__)
 INT8_DIR = "int8"
@@ -114,10 +115,17 @@ def int8_dir(model_dir: str | Path) -> Path:
     """Where a version's int8 files are: a current build in the cache (made, or re-checked, where the version's own
     directory is read-only: an image's models) before one beside the weights; with neither, where a build would go."""
     model_dir = Path(model_dir).resolve()
+    current = _current(model_dir)
+    return current[0] if current else _write_target(model_dir)
+
+
+def _current(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The directory and record of the build in use: the cache's before the one beside the weights."""
     for directory in (_cache_dir(model_dir), model_dir / INT8_DIR):
-        if _valid(directory, model_dir) is not None:
-            return directory
-    return _write_target(model_dir)
+        info = _valid(directory, model_dir)
+        if info is not None:
+            return directory, info
+    return None
 
 
 def source_fingerprint(model_dir: str | Path) -> str:
@@ -131,8 +139,8 @@ def source_fingerprint(model_dir: str | Path) -> str:
 
 def read_info(model_dir: str | Path) -> dict[str, Any] | None:
     """The int8 version's record, or None when there is none built from the current weights."""
-    model_dir = Path(model_dir).resolve()
-    return _valid(int8_dir(model_dir), model_dir)
+    current = _current(Path(model_dir).resolve())
+    return current[1] if current else None
 
 
 def write_info(model_dir: str | Path, info: dict[str, Any]) -> None:
@@ -151,33 +159,17 @@ def write_info(model_dir: str | Path, info: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def reduce_range(flags: set[str] | None = None, arch: str | None = None, env: dict[str, str] | None = None) -> bool:
+def reduce_range(flags: set[str] | frozenset[str] | None = None, arch: str | None = None, env: dict[str, str] | None = None) -> bool:
     """Whether int8 weights should use 7 bits on this machine: on x86 without VNNI/AMX (see the module notes)."""
-    import platform
-
     override = (os.environ if env is None else env).get("TEXTWORKER_INT8_REDUCE_RANGE", "").strip().lower()
     if override in ("1", "true", "yes"):
         return True
     if override in ("0", "false", "no"):
         return False
-    if (arch or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    flags = _cpu_flags() if flags is None else flags
-    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"}
+    return kernels(flags, arch) in ("avx512", "avx2", "x86")  # x86 kernels that add u8 x s8 pairs in 16 bits
 
 
-def kernels(flags: set[str] | None = None, arch: str | None = None) -> str:
+def kernels(flags: set[str] | frozenset[str] | None = None, arch: str | None = None) -> str:
     """Which kind of ONNX Runtime int8 kernels this machine runs: `amx`, `vnni`, `avx512`, `avx2` (x86), else the
     architecture's name. The kinds round and add differently, so a build's scores, and the verdict of its quality
     check, hold for the kind it was checked on (`worker.models.precision`)."""
@@ -186,7 +178,7 @@ def kernels(flags: set[str] | None = None, arch: str | None = None) -> str:
     machine = (arch or platform.machine()).lower()
     if machine not in ("x86_64", "amd64", "i686", "x86"):
         return machine or "unknown"
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     if "amx_int8" in flags:
         return "amx"
     if flags & {"avx512_vnni", "avx_vnni", "avx_vnni_int8"}:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from worker.machine import cpu_flags
+
 
 def data_fingerprint(path: str | Path | None) -> str | None:
     """sha256 of a data file's bytes (recorded with each trained model version)."""
@@ -19,8 +21,4 @@ def data_fingerprint(path: str | Path | None) -> str | None:
 
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast speeds training up."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
