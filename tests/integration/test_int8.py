@@ -321,3 +321,90 @@ def test_quantize_and_eval_precision_commands(spam_copy: Path, spam_checked: dic
     assert abs(scored["int8"]["metrics"]["per_label"]["spam"]["f1"] - verdict["int8"]) < 1e-3
     bad = _cli("eval", str(pipeline), "--stage", "spam", "--data", str(data), "--precision", "fp16")
     assert bad.returncode != 0 and "CUDA only" in bad.stderr
+
+
+def _sentences(shared_data: Path, limit: int) -> list[str]:
+    rows = (shared_data / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    return [row.split("\t")[0] for row in rows[:limit]]
+
+
+def _probabilities(path: Path, model_dir: Path, texts: list[str]) -> Any:
+    import numpy as np
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [item.name for item in session.get_inputs()]
+    out = []
+    for text in texts:
+        encoded = tokenizer(text, return_tensors="np")
+        logits = session.run(None, {name: encoded[name].astype(np.int64) for name in names})[0][0]
+        out.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+    return np.array(out)
+
+
+def test_smoothing_keeps_fp32_outputs_and_levels_the_feed_forward_inputs(models_dir: Path, tmp_path: Path, shared_data: Path) -> None:
+    """The smoothed fp32 graph computes what the original does; the activations its int8 products read are far
+    more level across channels (the reason for smoothing)."""
+    import numpy as np
+    import onnx
+
+    from worker.models import smoothing
+
+    model = _copy(models_dir, "sentiment", tmp_path / "sentiment")
+    exported = int8._export(model, SEQ, tmp_path)
+    original = tmp_path / "original.onnx"
+    shutil.copy(tmp_path / "fp32.onnx", original)
+    done = smoothing.smooth(tmp_path / "fp32.onnx", model, exported["inputs"])
+    layers = json.loads((model / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    assert done["smoothed_products"] == 2 * layers and done["smoothing_alpha"] == smoothing.ALPHA
+    assert done["calibration_texts"] == smoothing.CALIBRATION_LIMIT
+    texts = _sentences(shared_data, 40)
+    before, after = (_probabilities(p, model, texts) for p in (original, tmp_path / "fp32.onnx"))
+    assert np.abs(before - after).max() < 1e-4
+    graph = onnx.load(str(tmp_path / "fp32.onnx")).graph
+    muls = [node for node in graph.node if node.name.endswith("__smooth")]
+    assert len(muls) == len({node.input[0] for node in muls}) >= layers + 1
+    spread = {}
+    for name, path, tensors in (("before", original, [m.input[0] for m in muls]), ("after", tmp_path / "fp32.onnx", [m.output[0] for m in muls])):
+        maxima = smoothing._activation_maxima(onnx.load(str(path)), tensors, [
+            {k: v for k, v in feed.items()} for feed in _feeds(model, exported["inputs"], texts)])
+        spread[name] = np.median([m.max() / np.median(m) for m in maxima.values()])
+    assert spread["after"] < spread["before"] / 2, spread
+
+
+def _feeds(model_dir: Path, names: list[str], texts: list[str]) -> list[dict[str, Any]]:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return [{name: tokenizer(text, return_tensors="np")[name].astype(np.int64) for name in names} for text in texts]
+
+
+def test_smoothed_int8_build_is_closer_to_fp32(models_dir: Path, tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built with and without smoothing, on the same weights: the smoothed int8 probabilities stay nearer fp32 on
+    held-out sentences, and the build records what it did."""
+    import numpy as np
+
+    texts = _sentences(shared_data, 300)
+    changes = {}
+    for smoothed in (True, False):
+        model = _copy(models_dir, "sentiment", tmp_path / f"sentiment-{smoothed}")
+        monkeypatch.setenv("TEXTWORKER_INT8_SMOOTHING", "1" if smoothed else "0")
+        info = int8.build(model, SEQ)
+        assert (info["smoothed_products"] > 0) is smoothed
+        reference = _probabilities_torch(model, texts)
+        quantised = _probabilities(int8.int8_dir(model) / int8.ONNX_FILE, model, texts)
+        changes[smoothed] = float(np.abs(quantised[:, 1] - reference[:, 1]).mean())
+    assert changes[True] < changes[False], changes
+
+
+def _probabilities_torch(model_dir: Path, texts: list[str]) -> Any:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        return torch.cat([model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1) for text in texts]).numpy()

@@ -32,6 +32,11 @@ AMX add in 32 bits and keep the full range. `TEXTWORKER_INT8_REDUCE_RANGE=1|0` d
 instead (for a build made on one kind of machine to run on another). The build records
 which (`reduce_range`).
 
+Before quantising, the feed-forward products' activations are smoothed: their few outlier
+channels are divided out and multiplied into the weights' rows, which are quantised per
+channel (`worker.models.smoothing`; `TEXTWORKER_INT8_SMOOTHING=0` builds without). The build
+records how many products were smoothed (`smoothed_products`).
+
 `OnnxEncoder` stands in for the transformers model inside the stages: it is called with
 the same tensors and returns the same fields (`logits`, or `start_logits`/`end_logits`).
 """
@@ -55,6 +60,7 @@ from typing import Any
 
 from worker.errors import ModelFormatError
 from worker.machine import cpu_flags
+from worker.models import smoothing
 
 log = logging.getLogger(__name__)
 INT8_DIR = "int8"
@@ -69,7 +75,7 @@ PER_TOKEN_OUTPUTS = {"start_logits", "end_logits"}  # outputs with one value per
 # Architectures whose attention ONNX Runtime's transformer optimizer fuses (then quantised as QAttention).
 FUSED_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "distilbert": "bert"}
 PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
-FORMAT = 3  # bumped when the export or how it runs changes: builds of another format are rebuilt (and re-checked)
+FORMAT = 4  # bumped when the export or how it runs changes: builds of another format are rebuilt (and re-checked)
 
 
 def available() -> bool:
@@ -193,8 +199,8 @@ def supports(auto_class: str) -> bool:
 
 
 def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dict[str, Any]:
-    """Export the version to ONNX, fuse attention where the architecture allows, quantise the
-    weights to int8 (per channel; activations quantised per document as it runs) and record it. Cached: a
+    """Export the version to ONNX, fuse attention where the architecture allows, smooth the feed-forward products'
+    activations (`worker.models.smoothing`), quantise the weights to int8 (per channel; activations quantised per document as it runs) and record it. Cached: a
     second call with unchanged weights returns the record without rebuilding."""
     if not supports(auto_class):
         raise ModelFormatError(f"no int8 version for {auto_class} models", hint="use precision: fp32")
@@ -209,6 +215,11 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=target.parent))
     try:
         exported = _export(Path(model_dir), auto_class, work)
+        if smoothing.enabled():
+            exported.update(smoothing.smooth(work / "fp32.onnx", Path(model_dir), exported.pop("inputs")))
+        else:
+            exported.pop("inputs")
+            exported["smoothed_products"] = 0
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         root = logging.getLogger()
@@ -243,7 +254,7 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
 CLS_ONLY_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 
 
-def _export(model_dir: Path, auto_class: str, work: Path) -> dict[str, bool]:
+def _export(model_dir: Path, auto_class: str, work: Path) -> dict[str, Any]:
     """`work/fp32.onnx` from the version (eager attention, so the optimizer can fuse it).
 
     A sequence classifier's head reads the first token only, so its last encoder layer is
@@ -289,7 +300,7 @@ def _export(model_dir: Path, auto_class: str, work: Path) -> dict[str, bool]:
         (work / "raw.onnx").unlink()
     else:
         (work / "raw.onnx").rename(work / "fp32.onnx")
-    return {"fused_attention": fused, "last_layer_first_token_only": cls_only}
+    return {"fused_attention": fused, "last_layer_first_token_only": cls_only, "inputs": names}
 
 
 def _matches(path: Path, sample: Any, names: list[str], reference: list[Any], tolerance: float = 1e-3) -> bool:
