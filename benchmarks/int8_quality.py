@@ -8,7 +8,10 @@ offline defaults of `make models` for sentiment, spam and QA; `--topic-model` na
 version trained with `textworker train pipelines/shared_data.yaml --stage topic`; `--model`
 checks any stage's trained version instead of its default). Each row
 runs `worker.lifecycle.precision.check` (the int8 build and the guard that `precision: auto`
-reads), so it prints what the guard decides too.
+reads), so it prints what the guard decides too. Each row also gives the share of rows whose
+prediction (label, or answer text) is the same at both precisions. `--smoothing both` builds
+every version twice, without and with the activation smoothing of `worker.models.smoothing`
+(`TEXTWORKER_INT8_SMOOTHING`), and leaves the smoothed build in place.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], metavar="STAGE=DIR",
                         help="check this version for the stage instead of the default one (repeatable), "
                              "e.g. spam=models/spam/v1-shared")
+    parser.add_argument("--smoothing", choices=("as-built", "both"), default="as-built",
+                        help="both: rebuild each version without, then with, activation smoothing and report both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     chosen: dict[str, str] = {}
@@ -55,7 +60,7 @@ def main() -> None:
     from worker.bench import machine, machine_line
     from worker.config import load_pipeline
     from worker.lifecycle import precision
-    from worker.models import loading
+    from worker.models import int8, loading
     from worker.stages import plugin_for
 
     spec = load_pipeline(REPO / "pipelines" / "shared_data.yaml")
@@ -70,19 +75,43 @@ def main() -> None:
         labels = plugin_for(stage.type).labels(stage)
         data = Path(args.shared_data) / rel
         examples = plugin_for(stage.type).load_trainer().read(data, stage, labels)
-        started = time.perf_counter()
-        verdict = precision.check(stage, location, sets={rel: examples}, what=rel, labels=labels)
-        rows.append({"stage": stage_name, "data": rel, "model": location, **verdict, "seconds": round(time.perf_counter() - started, 1)})
-        print(f"{stage_name}: {precision.describe(verdict)}", file=sys.stderr)
+        for smoothed in ((None,) if args.smoothing == "as-built" else (False, True)):
+            if smoothed is not None:
+                os.environ["TEXTWORKER_INT8_SMOOTHING"] = "1" if smoothed else "0"
+            started = time.perf_counter()
+            verdict = precision.check(stage, location, sets={rel: examples}, what=rel, labels=labels, force=smoothed is not None)
+            same = _agreement(stage, location, examples)
+            info = int8.read_info(location) or {}
+            rows.append({"stage": stage_name, "data": rel, "model": location, **verdict, "same_prediction": round(same, 4),
+                         "smoothed_products": info.get("smoothed_products"), "seconds": round(time.perf_counter() - started, 1)})
+            print(f"{stage_name} (smoothed products: {info.get('smoothed_products')}): {precision.describe(verdict)}; "
+                  f"same prediction {same:.2%}", file=sys.stderr)
     result: dict[str, Any] = {"machine": machine(), "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"machine: {machine_line(result['machine'])}")
-    print(f"{'stage':<10} {'data':<20} {'metric':<10} {'fp32':>8} {'int8':>8} {'drop':>8} {'guard':>7}")
+    print(f"{'stage':<10} {'data':<20} {'smoothed':>8} {'metric':<10} {'fp32':>8} {'int8':>8} {'drop':>8} {'same':>7} {'guard':>7}")
     for row in rows:
-        print(f"{row['stage']:<10} {row['data']:<20} {row['metric']:<10} {row['fp32']:>8} {row['int8']:>8} {row['drop']:>8} "
-              f"{'pass' if row['passed'] else 'fail':>7}")
+        print(f"{row['stage']:<10} {row['data']:<20} {row['smoothed_products']!s:>8} {row['metric']:<10} {row['fp32']:>8} {row['int8']:>8} "
+              f"{row['drop']:>8} {row['same_prediction']:>7.2%} {'pass' if row['passed'] else 'fail':>7}")
+
+
+def _agreement(stage: Any, location: str, examples: list[Any]) -> float:
+    """The share of rows predicted the same at fp32 and at int8."""
+    from worker.lifecycle.evaluation import load_model
+    from worker.stages import plugin_for
+
+    trainer = plugin_for(stage.type).load_trainer()
+    predicted = []
+    for wanted in ("fp32", "int8"):
+        at = stage.model_copy(update={"precision": wanted})
+        model, tokenizer = load_model(at, trainer, location)
+        predicted.append(trainer.predict(at, model, tokenizer, examples))
+    def key(prediction: Any) -> Any:  # QA predictions carry scores: compare the answer text
+        return prediction.get("answer") if isinstance(prediction, dict) else prediction
+
+    return sum(key(a) == key(b) for a, b in zip(*predicted, strict=True)) / max(1, len(examples))
 
 
 if __name__ == "__main__":
