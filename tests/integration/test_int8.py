@@ -408,3 +408,27 @@ def _probabilities_torch(model_dir: Path, texts: list[str]) -> Any:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.inference_mode():
         return torch.cat([model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1) for text in texts]).numpy()
+
+
+def test_build_splits_fused_layer_norms_and_sessions_keep_them_split(models_dir: Path, tmp_path: Path, shared_data: Path) -> None:
+    """ONNX Runtime's fused SkipLayerNormalization is slow on CPU; the build writes Add + LayerNormalization instead
+    (the same arithmetic) and sessions do not fuse them back."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    model = _copy(models_dir, "sentiment", tmp_path / "sentiment")
+    exported = int8._export(model, SEQ, tmp_path)
+    layers = json.loads((model / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+    assert exported["split_layer_norms"] == 2 * layers
+    graph = onnx.load(str(tmp_path / "fp32.onnx")).graph
+    assert not [n for n in graph.node if n.op_type == "SkipLayerNormalization"]
+    texts = _sentences(shared_data, 20)
+    assert np.abs(_probabilities(tmp_path / "fp32.onnx", model, texts) - _probabilities_torch(model, texts)).max() < 1e-4
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as-run.onnx")
+    int8.open_session(tmp_path / "fp32.onnx", options)
+    ran = {node.op_type for node in onnx.load(str(tmp_path / "as-run.onnx")).graph.node}
+    assert "SkipLayerNormalization" not in ran and "LayerNormalization" in ran
+    info = int8.build(model, SEQ)
+    assert info["split_layer_norms"] == 2 * layers
