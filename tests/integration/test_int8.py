@@ -194,7 +194,8 @@ def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, sp
     os.utime(weights, (stat.st_atime, stat.st_mtime + 10))
     try:
         assert int8.read_info(spam_copy) is None  # built from other weights: not used
-        assert precisions.choose("auto", "cpu", spam_copy, SEQ).precision == "fp32"
+        choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
+        assert choice.precision == "fp32" and "other weights" in choice.reason
     finally:
         os.utime(weights, (stat.st_atime, stat.st_mtime))
     assert int8.read_info(spam_copy) == before
@@ -432,3 +433,16 @@ def test_build_splits_fused_layer_norms_and_sessions_keep_them_split(models_dir:
     assert "SkipLayerNormalization" not in ran and "LayerNormalization" in ran
     info = int8.build(model, SEQ)
     assert info["split_layer_norms"] == 2 * layers
+
+
+def test_a_build_of_an_earlier_format_is_not_used_and_auto_says_so(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    info_file = int8.int8_dir(spam_copy) / int8.INFO_FILE
+    kept = info_file.read_text(encoding="utf-8")
+    try:
+        info_file.write_text(json.dumps({**json.loads(kept), "format": int8.FORMAT - 1}), encoding="utf-8")
+        assert int8.read_info(spam_copy) is None
+        choice = precisions.choose("auto", "cpu", spam_copy, SEQ)
+        assert choice.precision == "fp32" and f"format {int8.FORMAT - 1}" in choice.reason and "models quantize" in choice.reason
+    finally:
+        info_file.write_text(kept, encoding="utf-8")
+    assert int8.stale_reason(spam_copy) is None and "format" not in precisions.choose("auto", "cpu", spam_copy, SEQ).reason

@@ -153,6 +153,24 @@ def read_info(model_dir: str | Path) -> dict[str, Any] | None:
     return current[1] if current else None
 
 
+def stale_reason(model_dir: str | Path) -> str | None:
+    """Why a build that is on disk for the version is not used (made by an earlier build format, or from other
+    weights), or None when there is no such build."""
+    model_dir = Path(model_dir).resolve()
+    for directory in (_cache_dir(model_dir), model_dir / INT8_DIR):
+        try:
+            info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        if info.get("format") != FORMAT:
+            return f"its int8 build has format {info.get('format')} and this textworker builds format {FORMAT}"
+        if info.get("source") != source_fingerprint(model_dir):
+            return "its int8 build was made from other weights"
+    return None
+
+
 def write_info(model_dir: str | Path, info: dict[str, Any]) -> None:
     """Record `info` (a quality verdict) with the build; a build whose directory cannot be written is copied to the
     cache first, and the record goes there."""

@@ -67,6 +67,9 @@ def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
         return Choice("fp32", "auto: onnxruntime is not installed")
     info = int8.read_info(model_dir)
     if info is None:
+        stale = int8.stale_reason(model_dir)
+        if stale:
+            return Choice("fp32", f"auto: {stale} (rebuild and check it: textworker models quantize PIPELINE --stage NAME)")
         return Choice("fp32", "auto: no int8 version of this model version (build and check one: textworker models quantize)")
     quality = info.get("quality")
     if not quality:
