@@ -237,11 +237,8 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=target.parent))
     try:
         exported = _export(Path(model_dir), auto_class, work)
-        if smoothing.enabled():
-            exported.update(smoothing.smooth(work / "fp32.onnx", Path(model_dir), exported.pop("inputs")))
-        else:
-            exported.pop("inputs")
-            exported["smoothed_products"] = 0
+        inputs = exported.pop("inputs")
+        exported.update(smoothing.smooth(work / "fp32.onnx", Path(model_dir), inputs) if smoothing.enabled() else {"smoothed_products": 0})
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         root = logging.getLogger()

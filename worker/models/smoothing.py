@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,8 @@ def _ffn_products(model: Any, weights: dict[str, Any]) -> dict[str, list[Any]]:
         if (reads_gelu or feeds_gelu) and node.input[0] not in graph_inputs:
             found.setdefault(node.input[0], []).append(node)
     # a weight shared with another node cannot be rescaled for this product alone
-    return {act: nodes for act, nodes in found.items()
-            if all(sum(n.input[1] in other.input for other in model.graph.node) == 1 for n in nodes)}
+    uses = Counter(name for node in model.graph.node for name in set(node.input))
+    return {act: nodes for act, nodes in found.items() if all(uses[n.input[1]] == 1 for n in nodes)}
 
 
 def _activation_maxima(model: Any, activations: list[str], feeds: Iterable[dict[str, Any]]) -> dict[str, Any]:
