@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,11 @@ def test_unknown_size_rejected(tmp_path):
 
 def test_train_result_and_progress(trained_dir):
     out, result = trained_dir
-    assert result["steps"] > 0 and result["train_pairs"] == 200 and result["seed"] == 0
+    # 1 % of the pairs is held out to choose between the final weights and their average over the last quarter
+    assert result["steps"] > 0 and result["train_pairs"] == 198 and result["seed"] == 0
+    selection = result["selection"]
+    assert selection["held_out_pairs"] == 2 and selection["averaged_steps"] >= 1
+    assert selection["kept"] == ("average" if selection["average_loss"] <= selection["final_loss"] else "final")
     assert result["train_seconds"] >= 0 and result["epochs"] > 0
     assert result["params"]["size"] == "tiny" and result["params"]["lr"] == 3e-3
     assert set(result["metrics"]) >= {"bleu", "chrf", "n"}
@@ -231,5 +236,28 @@ def test_cached_encoder_states_feed_the_decoder_with_and_without_bf16(warm_dir, 
     memory = _encode_sources(model.get_encoder(), src, tokenizer.pad_token_id, bf16)
     assert [m.dtype for m in memory] == [torch.bfloat16 if bf16 else torch.float32] * len(pairs)
     assert [m.size(0) for m in memory] == [len(s) for s in src]
-    loss = _teacher_forced_loss(model, memory, tgt, list(range(len(pairs))), tokenizer.pad_token_id, bf16)
+    loss = _teacher_forced_loss(model, memory, src, tgt, list(range(len(pairs))), tokenizer.pad_token_id, bf16)
     assert 0.0 < loss < float(torch.log(torch.tensor(float(len(tokenizer)))))  # finite, and better than a uniform guess
+
+
+def test_scratch_training_keeps_the_weights_with_the_lower_held_out_loss(tmp_path):
+    """The saved model is the candidate the selection names: its held-out loss, recomputed from the saved directory,
+    is the lower of the two losses the run reported."""
+    from worker.training.translation import _teacher_forced_loss
+
+    pairs = make_pairs(210)
+    result = train_translation(pairs, tmp_path, size="tiny", epochs=3, lr=3e-3, batch_tokens=256, seed=2)
+    selection = result["selection"]
+    assert selection["averaged_steps"] >= 1 and selection["held_out_pairs"] == 2
+    shuffled = pairs[:]
+    random.Random(2).shuffle(shuffled)
+    held = shuffled[:2]
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation="eager")
+    src = tok([p[0] for p in held])["input_ids"]
+    tgt = tok(text_target=[p[1] for p in held])["input_ids"]
+    from worker.training import cpu_has_bf16
+
+    loss = _teacher_forced_loss(model, None, src, tgt, [0, 1], tok.pad_token_id, cpu_has_bf16())
+    assert loss == pytest.approx(min(selection["final_loss"], selection["average_loss"]), abs=2e-3)
+    assert model.config.attention_dropout == 0.0

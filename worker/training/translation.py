@@ -111,7 +111,9 @@ def _scratch_model(tokenizer: PreTrainedTokenizerFast, size: str) -> MarianMTMod
         d_model=dims["d_model"], encoder_layers=dims["layers"], decoder_layers=dims["layers"],
         encoder_attention_heads=dims["heads"], decoder_attention_heads=dims["heads"],
         encoder_ffn_dim=dims["ffn"], decoder_ffn_dim=dims["ffn"], activation_function="gelu",
-        dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, scale_embedding=True,
+        # no dropout on attention weights: as in the common WMT Transformer recipes, and its mask is the costliest
+        # dropout of a CPU step (docs/benchmarks.md, general-domain translation)
+        dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=True,
         share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
         forced_eos_token_id=tokenizer.eos_token_id, **ids,
     )
@@ -272,18 +274,43 @@ def _encode_sources(encoder: torch.nn.Module, src: list[list[int]], pad_id: int,
     return out
 
 
-def _teacher_forced_loss(model: Any, memory: list[torch.Tensor], tgt: list[list[int]], idx: list[int], pad_id: int, bf16: bool) -> float:
-    """Mean token cross-entropy (no smoothing) of ``model`` on the held-out examples ``idx``."""
+def _teacher_forced_loss(model: Any, memory: list[torch.Tensor] | None, src: list[list[int]], tgt: list[list[int]],
+                         idx: list[int], pad_id: int, bf16: bool) -> float:
+    """Mean token cross-entropy (no smoothing) of ``model`` on the held-out examples ``idx``: over the cached encoder
+    states in ``memory`` where the encoder is frozen, through the whole model otherwise."""
     total, count = 0.0, 0
     model.eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(idx), 64):
             chunk = idx[start:start + 64]
-            logits, labels = _memory_logits(model, memory, tgt, chunk, pad_id)
+            if memory is not None:
+                logits, labels = _memory_logits(model, memory, tgt, chunk, pad_id)
+            else:
+                logits, labels = _full_logits(model, src, tgt, chunk, pad_id)
             loss = F.cross_entropy(logits.float(), labels, reduction="sum")
             total, count = total + float(loss), count + int(labels.ne(-100).sum())
     model.train()
     return total / max(1, count)
+
+
+def _full_logits(model: Any, src: list[list[int]], tgt: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the whole model (encoder and decoder) for the examples ``idx``: ``(batch * target length, vocab)``
+    with the matching labels, padding labelled -100."""
+    input_ids = _pad([src[i] for i in idx], pad_id)
+    labels = _pad([tgt[i] for i in idx], -100)
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id), decoder_input_ids=decoder_input_ids).logits
+    return logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+
+
+def _adamw(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel per step where torch has it for the parameters' device (CPU included since
+    torch 2.4): on two cores it made a translation step about 12 % faster than the per-tensor loop."""
+    kwargs: dict[str, Any] = {"lr": lr, "betas": (0.9, 0.98), "eps": 1e-8, "weight_decay": 0.01}
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def _memory_logits(model: Any, memory: list[torch.Tensor], tgt: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,21 +369,22 @@ def train_translation(
     built: dict[str, Any] = {}
     rng = random.Random(seed)
     held_out: list[tuple[str, str]] = []
+    if origin != "finetune" and len(pairs) >= 200:
+        shuffled = pairs[:]
+        rng.shuffle(shuffled)
+        cut = min(500, len(pairs) // 100)
+        held_out, pairs = shuffled[:cut], shuffled[cut:]
     if origin == "scratch":
         build_scratch_model(pairs, out_dir, size=size, seed=seed)
         base = out_dir
     elif origin == "warm":
-        if len(pairs) >= 200:
-            shuffled = pairs[:]
-            rng.shuffle(shuffled)
-            cut = min(500, len(pairs) // 100)
-            held_out, pairs = shuffled[:cut], shuffled[cut:]
         built = build_warm_model(pairs, out_dir, str(base), size=size, seed=seed)
         base = out_dir
     frozen = origin == "warm"
     tokenizer = AutoTokenizer.from_pretrained(base)
-    # short sequences: plain attention trains faster on CPU than the fused kernels' backward
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, **({"attn_implementation": "eager"} if frozen else {}))
+    # short sequences: plain attention trains faster on CPU than the fused kernel, whose backward took 31 % of a
+    # scratch step on two cores (docs/benchmarks.md, general-domain translation)
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, attn_implementation="eager")
     torch.manual_seed(seed)
     batch_tokens = batch_tokens or (WARM_BATCH_TOKENS if frozen else 1024)
     max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
@@ -366,22 +394,30 @@ def train_translation(
     bf16 = cpu_has_bf16()
     memory: list[torch.Tensor] | None = None
     held: list[int] = []
+    # weights the model does not save (Marian's sinusoidal positions, rebuilt on every load) stay as they are: trained,
+    # they would drift from what a loaded model computes
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or [])
+    for name, param in model.named_parameters():
+        if name in unsaved:
+            param.requires_grad_(False)
+    if held_out:
+        src += tokenizer([p[0] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
+        tgt += tokenizer(text_target=[p[1] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
+        held = list(range(len(pairs), len(src)))
     if frozen:
         for param in model.get_encoder().parameters():
             param.requires_grad_(False)
-        if held_out:
-            src += tokenizer([p[0] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
-            tgt += tokenizer(text_target=[p[1] for p in held_out], truncation=True, max_length=max_len)["input_ids"]
-            held = list(range(len(pairs), len(src)))
         memory = _encode_sources(model.get_encoder(), src, pad_id, bf16)
     lengths = [max(len(s), len(t)) for s, t in zip(src[: len(pairs)], tgt[: len(pairs)])]
     batches = _make_batches(lengths, batch_tokens, rng)
     total_steps = max(1, math.ceil(epochs * len(batches)))
     warmup = 0.06
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([p for _, p in trainable], lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
-    average: dict[str, torch.Tensor] | None = None
-    average_decay = 0.998
+    optimizer = _adamw([p for _, p in trainable], lr)
+    # checkpoint averaging: a running mean of the weights over the tail of training (the second half for a frozen
+    # encoder's fresh decoder, the last quarter otherwise) competes with the final weights on the held-out slice
+    average: list[torch.Tensor] | None = None
+    average_from, averaged = (0.5 if frozen else 0.75), 0
     budget = max_minutes * 60.0 if max_minutes is not None else None
     model.train()
     step, loss_sum, loss_n, frac = 0, 0.0, 0, 0.0
@@ -395,13 +431,8 @@ def train_translation(
             if memory is not None:
                 logits, labels = _memory_logits(model, memory, tgt, idx, pad_id)
             else:
-                input_ids = _pad([src[i] for i in idx], pad_id)
-                labels = _pad([tgt[i] for i in idx], -100)
-                decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
-                logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id),
-                               decoder_input_ids=decoder_input_ids).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                               ignore_index=-100, label_smoothing=0.1)
+                logits, labels = _full_logits(model, src, tgt, idx, pad_id)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, label_smoothing=0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
         elapsed = time.monotonic() - start
@@ -410,13 +441,13 @@ def train_translation(
             group["lr"] = lr * _lr_factor(frac, warmup)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if held and frac >= 0.5:
+        if held and frac >= average_from:
+            averaged += 1
             with torch.no_grad():
                 if average is None:
-                    average = {name: p.detach().clone() for name, p in trainable}
+                    average = [p.detach().clone() for _, p in trainable]
                 else:
-                    for name, p in trainable:
-                        average[name].mul_(average_decay).add_(p.detach(), alpha=1.0 - average_decay)
+                    torch._foreach_lerp_(average, [p.detach() for _, p in trainable], 1.0 / averaged)
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         out_of_time = budget is not None and time.monotonic() - start >= budget
@@ -427,18 +458,17 @@ def train_translation(
             break
     train_seconds = time.monotonic() - start
     selection: dict[str, Any] = {}
-    if memory is not None and held:
-        selection["final_loss"] = round(_teacher_forced_loss(model, memory, tgt, held, pad_id, bf16), 4)
+    if held:
+        selection["final_loss"] = round(_teacher_forced_loss(model, memory, src, tgt, held, pad_id, bf16), 4)
         if average is not None:
-            final = {name: p.detach().clone() for name, p in trainable}
+            final = [p.detach().clone() for _, p in trainable]
             with torch.no_grad():
-                for name, p in trainable:
-                    p.copy_(average[name])
-            selection["average_loss"] = round(_teacher_forced_loss(model, memory, tgt, held, pad_id, bf16), 4)
+                torch._foreach_copy_([p for _, p in trainable], average)
+            selection["average_loss"] = round(_teacher_forced_loss(model, memory, src, tgt, held, pad_id, bf16), 4)
+            selection["averaged_steps"] = averaged
             if selection["average_loss"] > selection["final_loss"]:
                 with torch.no_grad():
-                    for name, p in trainable:
-                        p.copy_(final[name])
+                    torch._foreach_copy_([p for _, p in trainable], final)
         selection["kept"] = "average" if selection.get("average_loss", math.inf) <= selection["final_loss"] else "final"
         selection["held_out_pairs"] = len(held)
     for param in model.parameters():
