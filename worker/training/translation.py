@@ -348,10 +348,13 @@ def train_translation(
 
     - ``None``: from scratch, a joint BPE tokenizer and a Marian model of ``size``;
     - a pretrained encoder (BERT, MiniLM, ...): warm start. The encoder, moved onto a joint BPE vocabulary, stays
-      frozen; its states are computed once; a fresh decoder of ``size`` learns to translate from them. 1 % of
-      ``pairs`` (at most 500) is held out, and the decoder's final weights compete with their moving average
-      (taken over the second half of training) on that slice: the lower loss is saved;
+      frozen; its states are computed once; a fresh decoder of ``size`` learns to translate from them;
     - a seq2seq directory (Marian, BART, T5, an earlier warm-started model, ...): fine-tuned, every weight.
+
+    From scratch and warm-started, with 200 pairs or more, 1 % of ``pairs`` (at most 500) is held out, and the final
+    weights compete with their running mean (over the second half of training for a frozen encoder, the last quarter
+    otherwise) on that slice: the lower loss is saved. Weights the model leaves out of its saved files (Marian's
+    sinusoidal positions) are not trained.
 
     ``batch_tokens`` bounds ``sentences * longest sequence`` per step (default 1024, 4096 with a frozen encoder); a step
     also takes at most 1/32 of ``pairs``. The learning rate warms up over the first 6 % of training and decays linearly
