@@ -260,4 +260,3 @@ def test_scratch_training_keeps_the_weights_with_the_lower_held_out_loss(tmp_pat
 
     loss = _teacher_forced_loss(model, None, src, tgt, [0, 1], tok.pad_token_id, cpu_has_bf16())
     assert loss == pytest.approx(min(selection["final_loss"], selection["average_loss"]), abs=2e-3)
-    assert model.config.attention_dropout == 0.0
