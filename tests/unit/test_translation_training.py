@@ -243,6 +243,7 @@ def test_cached_encoder_states_feed_the_decoder_with_and_without_bf16(warm_dir, 
 def test_scratch_training_keeps_the_weights_with_the_lower_held_out_loss(tmp_path):
     """The saved model is the candidate the selection names: its held-out loss, recomputed from the saved directory,
     is the lower of the two losses the run reported."""
+    from worker.training import cpu_has_bf16
     from worker.training.translation import _teacher_forced_loss
 
     pairs = make_pairs(210)
@@ -256,7 +257,5 @@ def test_scratch_training_keeps_the_weights_with_the_lower_held_out_loss(tmp_pat
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation="eager")
     src = tok([p[0] for p in held])["input_ids"]
     tgt = tok(text_target=[p[1] for p in held])["input_ids"]
-    from worker.training import cpu_has_bf16
-
     loss = _teacher_forced_loss(model, None, src, tgt, [0, 1], tok.pad_token_id, cpu_has_bf16())
     assert loss == pytest.approx(min(selection["final_loss"], selection["average_loss"]), abs=2e-3)

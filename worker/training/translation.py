@@ -415,8 +415,8 @@ def train_translation(
     batches = _make_batches(lengths, batch_tokens, rng)
     total_steps = max(1, math.ceil(epochs * len(batches)))
     warmup = 0.06
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    optimizer = _adamw([p for _, p in trainable], lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _adamw(trainable, lr)
     # checkpoint averaging: a running mean of the weights over the tail of training (the second half for a frozen
     # encoder's fresh decoder, the last quarter otherwise) competes with the final weights on the held-out slice
     average: list[torch.Tensor] | None = None
@@ -437,7 +437,7 @@ def train_translation(
                 logits, labels = _full_logits(model, src, tgt, idx, pad_id)
         loss = F.cross_entropy(logits.float(), labels, ignore_index=-100, label_smoothing=0.1)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         elapsed = time.monotonic() - start
         frac = step / total_steps if budget is None else max(step / total_steps, elapsed / budget)
         for group in optimizer.param_groups:
@@ -448,9 +448,9 @@ def train_translation(
             averaged += 1
             with torch.no_grad():
                 if average is None:
-                    average = [p.detach().clone() for _, p in trainable]
+                    average = [p.detach().clone() for p in trainable]
                 else:
-                    torch._foreach_lerp_(average, [p.detach() for _, p in trainable], 1.0 / averaged)
+                    torch._foreach_lerp_(average, trainable, 1.0 / averaged)
         step += 1
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         out_of_time = budget is not None and time.monotonic() - start >= budget
@@ -464,14 +464,14 @@ def train_translation(
     if held:
         selection["final_loss"] = round(_teacher_forced_loss(model, memory, src, tgt, held, pad_id, bf16), 4)
         if average is not None:
-            final = [p.detach().clone() for _, p in trainable]
+            final = [p.detach().clone() for p in trainable]
             with torch.no_grad():
-                torch._foreach_copy_([p for _, p in trainable], average)
+                torch._foreach_copy_(trainable, average)
             selection["average_loss"] = round(_teacher_forced_loss(model, memory, src, tgt, held, pad_id, bf16), 4)
             selection["averaged_steps"] = averaged
             if selection["average_loss"] > selection["final_loss"]:
                 with torch.no_grad():
-                    torch._foreach_copy_([p for _, p in trainable], final)
+                    torch._foreach_copy_(trainable, final)
         selection["kept"] = "average" if selection.get("average_loss", math.inf) <= selection["final_loss"] else "final"
         selection["held_out_pairs"] = len(held)
     for param in model.parameters():
@@ -492,7 +492,7 @@ def train_translation(
                    "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
                    "label_smoothing": 0.1, "bf16_autocast": bf16, "frozen_encoder": frozen,
                    "n_parameters": sum(p.numel() for p in model.parameters()),
-                   "n_trained": sum(p.numel() for _, p in trainable), **built},
+                   "n_trained": sum(p.numel() for p in trainable), **built},
         **({"selection": selection} if selection else {}),
         "metrics": metrics,
     }
