@@ -469,10 +469,10 @@ def train_translation(
                 torch._foreach_copy_(trainable, average)
             selection["average_loss"] = round(_teacher_forced_loss(model, memory, src, tgt, held, pad_id, bf16), 4)
             selection["averaged_steps"] = averaged
-            if selection["average_loss"] > selection["final_loss"]:
-                with torch.no_grad():
-                    torch._foreach_copy_(trainable, final)
         selection["kept"] = "average" if selection.get("average_loss", math.inf) <= selection["final_loss"] else "final"
+        if average is not None and selection["kept"] == "final":
+            with torch.no_grad():
+                torch._foreach_copy_(trainable, final)
         selection["held_out_pairs"] = len(held)
     for param in model.parameters():
         param.requires_grad_(True)
