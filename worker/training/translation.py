@@ -344,7 +344,7 @@ def train_translation(
     seed: int = 0,
     eval_pairs: list[tuple[str, str]] | None = None,
     progress: ProgressFn | None = None,
-    hashed_masks: bool = True,
+    hashed_masks: bool = False,
 ) -> dict:
     """Train a translation model on ``pairs`` and save it to ``out_dir``; ``base`` picks how it starts:
 
@@ -365,7 +365,8 @@ def train_translation(
     covers tokenizer training, model building, encoding and the loop (not the save or the evaluation).
     ``progress(step, total_steps, {"loss": ...})`` is called every few steps and once at the end.
     ``hashed_masks`` draws dropout masks from a counter hash (``worker.training.dropout``) rather than ``F.dropout``'s
-    Bernoulli sampler, which took 13 % of a step on two cores.
+    Bernoulli sampler: faster per mask, but whole runs measured only 1.03-1.08x faster and not clearly as good, so it
+    is off by default (docs/benchmarks.md, general-domain translation).
     Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
     """
     if not pairs:
