@@ -82,10 +82,9 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace:
     """``F.dropout`` with hashed masks; same signature, same expectation, same scaling."""
     if not training or p == 0.0 or input.device.type != "cpu" or not input.is_floating_point() or input.numel() == 0:
         return _ORIGINAL(input, p, training, inplace)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if p == 1.0:
         return input.mul_(0.0) if inplace else input * 0.0
+    # _keep_ints raises ValueError for p outside [0, 1]
     scale = _keep_ints(input.numel(), p, None).to(input.dtype).mul_(1.0 / (1.0 - p)).view(input.shape)
     return input.mul_(scale) if inplace else input * scale
 
