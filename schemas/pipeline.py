@@ -320,6 +320,9 @@ class TrainSpec(StrictModel):
     max_length: int | None = Field(default=None, ge=8, le=8192)
     max_minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget; the schedule decays by wall time.")
     size: Literal["tiny", "small", "medium", "base"] | None = Field(default=None, description="Model size when training from scratch.")
+    dropout: float | None = Field(
+        default=None, ge=0, le=1, description="Residual and attention dropout while training (translate; default: the model's own, 0.1 from scratch).",
+    )
     seed: int | None = None
     limit: int | None = Field(default=None, ge=1, description="Use only the first N training rows.")
 

@@ -15,6 +15,7 @@ from worker.training.translation import (
     build_scratch_model,
     evaluate_translation,
     load_pairs,
+    set_dropout,
     train_translation,
     translate_texts,
 )
@@ -107,6 +108,28 @@ def test_time_budget_stops_early(tmp_path):
                                progress=lambda s, n, d: calls.append(s))
     assert 1 <= result["steps"] < 50 * 32 and calls[-1] == result["steps"]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_set_dropout_turns_a_marian_model_deterministic_in_training_mode(tmp_path):
+    build_scratch_model(make_pairs(40), tmp_path, size="tiny", vocab_size=300, seed=0)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path, attn_implementation="eager").train()
+    ids = torch.tensor([[5, 6, 7, 8, 1]])
+    batch = {"input_ids": ids, "decoder_input_ids": ids}
+    torch.manual_seed(0)
+    assert not torch.equal(model(**batch).logits, model(**batch).logits)  # the scratch model's own dropout 0.1
+    set_dropout(model, 0.0)
+    assert torch.equal(model(**batch).logits, model(**batch).logits)
+    assert model.config.dropout == model.config.attention_dropout == 0.0
+    with pytest.raises(ValueError):
+        set_dropout(model, 1.5)
+
+
+def test_training_dropout_is_recorded_and_saved(tmp_path):
+    result = train_translation(make_pairs(60), tmp_path, size="tiny", epochs=1, batch_tokens=256, dropout=0.0)
+    assert result["params"]["dropout"] == result["params"]["attention_dropout"] == 0.0
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.dropout == 0.0
+    default = train_translation(make_pairs(60), tmp_path / "d", size="tiny", epochs=1, batch_tokens=256)
+    assert default["params"]["dropout"] == 0.1
 
 
 def test_unknown_size_rejected(tmp_path):

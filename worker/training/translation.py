@@ -143,6 +143,23 @@ def build_scratch_model(
     tokenizer.save_pretrained(out_dir)
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set the residual and attention dropout of a seq2seq ``model`` to ``p``, in its config and in every module that
+    already holds a rate (``nn.Dropout`` modules, and the ``dropout``/``attention_dropout`` floats that BART-family
+    layers read at each call); activation dropout is left as it is."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {p}")
+    for key in ("dropout", "attention_dropout", "dropout_rate"):
+        if hasattr(model.config, key):
+            setattr(model.config, key, p)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for attr in ("dropout", "attention_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
+
+
 def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
     """Group example indices of similar length so that ``len(batch) * longest <= batch_tokens`` and no batch holds
     more than 1/MIN_BATCHES_PER_EPOCH of the examples (small data sets still get enough updates per epoch)."""
@@ -345,6 +362,7 @@ def train_translation(
     eval_pairs: list[tuple[str, str]] | None = None,
     progress: ProgressFn | None = None,
     hashed_masks: bool = False,
+    dropout: float | None = None,
 ) -> dict:
     """Train a translation model on ``pairs`` and save it to ``out_dir``; ``base`` picks how it starts:
 
@@ -367,6 +385,8 @@ def train_translation(
     ``hashed_masks`` draws dropout masks from a counter hash (``worker.training.dropout``) rather than ``F.dropout``'s
     Bernoulli sampler: faster per mask, but whole runs measured only 1.03-1.08x faster and not clearly as good, so it
     is off by default (docs/benchmarks.md, general-domain translation).
+    ``dropout`` (0 to 1) replaces the model's residual and attention dropout for this training (``None`` keeps the
+    model's own: 0.1 for a scratch model); the saved config records the value trained with.
     Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
     """
     if not pairs:
@@ -393,6 +413,8 @@ def train_translation(
     # short sequences: plain attention trains faster on CPU than the fused kernel, whose backward took 31 % of a
     # scratch step on two cores (docs/benchmarks.md, general-domain translation)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, attn_implementation="eager")
+    if dropout is not None:
+        set_dropout(model, dropout)
     torch.manual_seed(seed)
     batch_tokens = batch_tokens or (WARM_BATCH_TOKENS if frozen else 1024)
     max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
@@ -497,6 +519,8 @@ def train_translation(
                    "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
                    "label_smoothing": 0.1, "bf16_autocast": bf16, "frozen_encoder": frozen,
                    "dropout_masks": "hashed" if hashed_masks else "bernoulli",
+                   "dropout": getattr(model.config, "dropout", None),
+                   "attention_dropout": getattr(model.config, "attention_dropout", None),
                    "n_parameters": sum(p.numel() for p in model.parameters()),
                    "n_trained": sum(p.numel() for p in trainable), **built},
         **({"selection": selection} if selection else {}),
@@ -551,7 +575,7 @@ class TranslateTrainer(StageTrainer):
               eval_examples: list[Any] | None = None, progress: ProgressFn | None = None, **params: Any) -> dict[str, Any]:
         """From scratch when `base` is None (a Marian model of `size`), else fine-tuned from `base`."""
         return train_translation([tuple(p) for p in examples], out, base=base, eval_pairs=eval_examples, progress=progress,
-                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed"))
+                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed", "dropout"))
 
     def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
         return translate_texts(model, tokenizer, [src for src, _ in examples], num_beams=stage.num_beams,
