@@ -323,6 +323,9 @@ class TrainSpec(StrictModel):
     dropout: float | None = Field(
         default=None, ge=0, le=1, description="Residual and attention dropout while training (translate; default: the model's own, 0.1 from scratch).",
     )
+    dropout_from_epoch: float | None = Field(
+        default=None, ge=0, le=1000, description="Late dropout (translate): none for this many epochs, then `dropout`'s rate.",
+    )
     seed: int | None = None
     limit: int | None = Field(default=None, ge=1, description="Use only the first N training rows.")
 

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop training after this wall-clock budget")
     p.add_argument("--size", choices=["tiny", "small", "medium", "base"], help="model size when building from scratch (default small)")
     p.add_argument("--dropout", type=float, help="residual and attention dropout while training (translate; default: the model's own)")
+    p.add_argument("--dropout-from-epoch", type=float, help="late dropout (translate): no dropout for this many epochs, "
+                   "then --dropout's rate")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--limit", type=int, help="use only the first N training rows")
     p.add_argument("--promote", action="store_true", help="make the new version the family's current one")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from pathlib import Path
 
@@ -130,6 +131,30 @@ def test_training_dropout_is_recorded_and_saved(tmp_path):
     assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.dropout == 0.0
     default = train_translation(make_pairs(60), tmp_path / "d", size="tiny", epochs=1, batch_tokens=256)
     assert default["params"]["dropout"] == 0.1
+
+
+def test_late_dropout_is_off_for_its_epochs_then_on(tmp_path, monkeypatch):
+    import worker.training.translation as tt
+
+    rates: list[float] = []
+    real = tt.set_dropout
+    monkeypatch.setattr(tt, "set_dropout", lambda model, p: (rates.append(p), real(model, p)))
+    steps: list[int] = []
+    result = train_translation(make_pairs(60), tmp_path, size="tiny", epochs=2, batch_tokens=256, dropout=0.2,
+                               dropout_from_epoch=1, progress=lambda s, n, d: steps.append(n))
+    total = steps[-1]  # two epochs of batches
+    assert rates == [0.2, 0.0, 0.2]  # the rate asked for, off for the first epoch, then on
+    assert result["params"]["dropout_from_step"] == total // 2 == math.ceil(total / result["epochs"])
+    assert result["params"]["dropout"] == 0.2 and result["params"]["dropout_from_epoch"] == 1
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.dropout == 0.2
+
+
+def test_late_dropout_never_reached_trains_and_saves_without_dropout(tmp_path):
+    result = train_translation(make_pairs(60), tmp_path, size="tiny", epochs=1, batch_tokens=256, dropout_from_epoch=3)
+    assert result["params"]["dropout_from_step"] is None and result["params"]["dropout"] == 0.0
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.dropout == 0.0
+    with pytest.raises(ValueError, match="dropout_from_epoch"):
+        train_translation(make_pairs(60), tmp_path / "bad", size="tiny", epochs=1, batch_tokens=256, dropout_from_epoch=-1)
 
 
 def test_unknown_size_rejected(tmp_path):

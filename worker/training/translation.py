@@ -363,6 +363,7 @@ def train_translation(
     progress: ProgressFn | None = None,
     hashed_masks: bool = False,
     dropout: float | None = None,
+    dropout_from_epoch: float | None = None,
 ) -> dict:
     """Train a translation model on ``pairs`` and save it to ``out_dir``; ``base`` picks how it starts:
 
@@ -387,10 +388,15 @@ def train_translation(
     is off by default (docs/benchmarks.md, general-domain translation).
     ``dropout`` (0 to 1) replaces the model's residual and attention dropout for this training (``None`` keeps the
     model's own: 0.1 for a scratch model); the saved config records the value trained with.
+    ``dropout_from_epoch`` ("late dropout") trains without dropout for that many epochs, then at the rate above:
+    while the model under-fits, dropout-free steps are faster and learn more each, and the regularisation comes in
+    once the data has been seen often enough to over-fit, however many epochs the budget buys on the machine.
     Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
     """
     if not pairs:
         raise ValueError("train_translation needs at least one pair")
+    if dropout_from_epoch is not None and dropout_from_epoch < 0:
+        raise ValueError(f"dropout_from_epoch must be 0 or more, got {dropout_from_epoch}")
     start = time.monotonic()
     out_dir = Path(out_dir)
     origin = "scratch" if base is None else ("warm" if is_encoder_only(base) else "finetune")
@@ -415,6 +421,10 @@ def train_translation(
     model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, attn_implementation="eager")
     if dropout is not None:
         set_dropout(model, dropout)
+    late_rate = float(getattr(model.config, "dropout", 0.0) or 0.0)
+    late_step: int | None = None
+    if dropout_from_epoch:
+        set_dropout(model, 0.0)
     torch.manual_seed(seed)
     batch_tokens = batch_tokens or (WARM_BATCH_TOKENS if frozen else 1024)
     max_len = min(MAX_TRAIN_TOKENS, _max_source_len(model, tokenizer))
@@ -457,6 +467,9 @@ def train_translation(
             order = list(range(len(batches)))
             rng.shuffle(order)
         idx = batches[order.pop()]
+        if dropout_from_epoch and late_step is None and step >= dropout_from_epoch * len(batches):
+            set_dropout(model, late_rate)
+            late_step = step
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), hashed_dropout(hashed_masks):
             if memory is not None:
                 logits, labels = _memory_logits(model, memory, tgt, idx, pad_id)
@@ -521,6 +534,7 @@ def train_translation(
                    "dropout_masks": "hashed" if hashed_masks else "bernoulli",
                    "dropout": getattr(model.config, "dropout", None),
                    "attention_dropout": getattr(model.config, "attention_dropout", None),
+                   **({"dropout_from_epoch": dropout_from_epoch, "dropout_from_step": late_step} if dropout_from_epoch else {}),
                    "n_parameters": sum(p.numel() for p in model.parameters()),
                    "n_trained": sum(p.numel() for p in trainable), **built},
         **({"selection": selection} if selection else {}),
@@ -575,7 +589,7 @@ class TranslateTrainer(StageTrainer):
               eval_examples: list[Any] | None = None, progress: ProgressFn | None = None, **params: Any) -> dict[str, Any]:
         """From scratch when `base` is None (a Marian model of `size`), else fine-tuned from `base`."""
         return train_translation([tuple(p) for p in examples], out, base=base, eval_pairs=eval_examples, progress=progress,
-                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed", "dropout"))
+                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed", "dropout", "dropout_from_epoch"))
 
     def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
         return translate_texts(model, tokenizer, [src for src, _ in examples], num_beams=stage.num_beams,
