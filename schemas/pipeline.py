@@ -326,6 +326,10 @@ class TrainSpec(StrictModel):
     dropout_from_epoch: float | None = Field(
         default=None, ge=0, le=1000, description="Late dropout (translate): none for this many epochs, then `dropout`'s rate.",
     )
+    curriculum_epochs: float | None = Field(
+        default=None, ge=0, le=1000,
+        description="Length curriculum (translate): this many epochs' worth of steps draw the shortest examples first.",
+    )
     seed: int | None = None
     limit: int | None = Field(default=None, ge=1, description="Use only the first N training rows.")
 

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, help="residual and attention dropout while training (translate; default: the model's own)")
     p.add_argument("--dropout-from-epoch", type=float, help="late dropout (translate): no dropout for this many epochs, "
                    "then --dropout's rate")
+    p.add_argument("--curriculum-epochs", type=float, help="length curriculum (translate): this many epochs' worth of "
+                   "steps draw the shortest examples first")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--limit", type=int, help="use only the first N training rows")
     p.add_argument("--promote", action="store_true", help="make the new version the family's current one")

@@ -13,7 +13,10 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from worker.training.translation import (
+    CURRICULUM_START,
+    BatchOrder,
     build_scratch_model,
+    competence,
     evaluate_translation,
     load_pairs,
     set_dropout,
@@ -155,6 +158,48 @@ def test_late_dropout_never_reached_trains_and_saves_without_dropout(tmp_path):
     assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path).config.dropout == 0.0
     with pytest.raises(ValueError, match="dropout_from_epoch"):
         train_translation(make_pairs(60), tmp_path / "bad", size="tiny", epochs=1, batch_tokens=256, dropout_from_epoch=-1)
+
+
+def test_competence_grows_from_the_start_share_to_all_examples():
+    shares = [competence(step, 100) for step in range(0, 101)]
+    assert shares[0] == pytest.approx(CURRICULUM_START)
+    assert all(a < b for a, b in itertools.pairwise(shares[:100]))
+    assert shares[50] == pytest.approx(math.sqrt(CURRICULUM_START ** 2 + (1 - CURRICULUM_START ** 2) / 2))
+    assert shares[100] == competence(500, 100) == competence(0, 0) == 1.0
+
+
+def test_curriculum_draws_the_shortest_batches_first_then_plain_epochs():
+    # batches in ascending length; the first holds 10 examples, the other 90 one each: 100 examples
+    batches = [list(range(10))] + [[10 + i] for i in range(90)]
+    order = BatchOrder(batches, random.Random(0), curriculum_steps=200)
+    picks = [order.pick(step) for step in range(200)]
+    assert picks[0] == 0  # competence 0.1: the first batch alone holds the shortest 10 %
+    for step, k in enumerate(picks):  # batch k reaches (10 + k) % of the examples
+        assert 10 + k <= competence(step, 200) * 100 + 1e-9
+    assert sum(picks[:50]) < sum(picks[150:])
+    epoch = [order.pick(step) for step in range(200, 291)]
+    assert sorted(epoch) == list(range(91))  # after the curriculum, every batch once per epoch
+
+
+def test_batch_order_without_curriculum_is_the_shuffled_epochs_it_always_was():
+    batches = [[i] for i in range(7)]
+    order, rng, expected = BatchOrder(batches, random.Random(3)), random.Random(3), []
+    for _ in range(3):
+        epoch = list(range(7))
+        rng.shuffle(epoch)
+        expected += epoch[::-1]
+    assert [order.pick(step) for step in range(21)] == expected
+
+
+def test_length_curriculum_trains_records_and_rejects_negative(tmp_path):
+    result = train_translation(make_pairs(60), tmp_path, size="tiny", epochs=2, batch_tokens=256, curriculum_epochs=1)
+    batches_per_epoch = result["steps"] / result["epochs"]
+    assert result["params"]["curriculum_epochs"] == 1
+    assert result["params"]["curriculum_steps"] == round(batches_per_epoch) and result["steps"] == 2 * batches_per_epoch
+    assert "curriculum_epochs" not in train_translation(make_pairs(60), tmp_path / "p", size="tiny", epochs=1,
+                                                        batch_tokens=256)["params"]
+    with pytest.raises(ValueError, match="curriculum_epochs"):
+        train_translation(make_pairs(60), tmp_path / "bad", size="tiny", epochs=1, batch_tokens=256, curriculum_epochs=-1)
 
 
 def test_unknown_size_rejected(tmp_path):

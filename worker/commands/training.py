@@ -131,7 +131,8 @@ def _train(stage: StageSpec, args: argparse.Namespace, out: Path, base: str, pro
     evals = trainer.read(args.eval_data, stage, labels) if args.eval_data else None
     params = _train_kwargs(args, {"epochs": "epochs", "lr": "lr", "max_minutes": "max_minutes", "seed": "seed",
                                   "batch_size": "batch_size", "max_length": "max_length", "size": "size",
-                                  "dropout": "dropout", "dropout_from_epoch": "dropout_from_epoch"})
+                                  "dropout": "dropout", "dropout_from_epoch": "dropout_from_epoch",
+                                  "curriculum_epochs": "curriculum_epochs"})
     info = trainer.train(stage, examples, out, base=None if base == "scratch" else _base_dir(base), labels=labels,
                          eval_examples=evals, progress=progress, **params)
     return info, examples

@@ -9,6 +9,8 @@ saved generation config lets a bare ``model.generate(**tokenizer(texts, return_t
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import random
@@ -51,6 +53,7 @@ SIZES: dict[str, dict[str, int]] = {
     "medium": {"d_model": 384, "layers": 3, "heads": 6, "ffn": 1536},
     "base": {"d_model": 512, "layers": 4, "heads": 8, "ffn": 2048},
 }
+CURRICULUM_START = 0.1  # a length curriculum opens on the shortest 10 % of the examples
 WARM_BATCH_TOKENS = 4096  # a frozen encoder leaves only the decoder to train: larger steps pay off
 WARM_VOCAB = 10000
 _ALPHABET = list(string.ascii_letters + string.digits + string.punctuation + "äöüÄÖÜßéèêëàâáçñíóúôîïœæ€°§„“”‚‘’–—«»…")
@@ -175,6 +178,38 @@ def _make_batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> 
     if current:
         batches.append(current)
     return batches
+
+
+def competence(step: int, steps: float, start: float = CURRICULUM_START) -> float:
+    """Share of the examples, shortest first, that a length curriculum of ``steps`` steps draws from at ``step``:
+    ``sqrt(start² + (1 - start²) * step / steps)``, the square-root schedule of competence-based curricula
+    (Platanios et al., NAACL 2019), so the share grows fast at first and slowly towards 1; 1.0 from ``steps`` on."""
+    if steps <= 0 or step >= steps:
+        return 1.0
+    return min(1.0, math.sqrt(start * start + (1.0 - start * start) * step / steps))
+
+
+class BatchOrder:
+    """The batches a training loop takes, one per step: each epoch every batch once, in a shuffled order; with a length
+    curriculum of ``curriculum_steps`` steps, the steps before it instead draw at random from the shortest batches
+    that hold the first ``competence(step)`` share of the examples. ``batches`` must come in ascending length, as
+    ``_make_batches`` builds them."""
+
+    def __init__(self, batches: list[list[int]], rng: random.Random, curriculum_steps: int = 0) -> None:
+        self.batches, self.rng, self.curriculum_steps = batches, rng, curriculum_steps
+        total = sum(len(b) for b in batches)
+        self._reach = [n / total for n in itertools.accumulate(len(b) for b in batches)]
+        self._order: list[int] = []
+
+    def pick(self, step: int) -> int:
+        """Index into ``batches`` of the batch for ``step``."""
+        if step < self.curriculum_steps:
+            share = competence(step, self.curriculum_steps)
+            return self.rng.randrange(max(1, bisect.bisect_right(self._reach, share + 1e-12)))
+        if not self._order:
+            self._order = list(range(len(self.batches)))
+            self.rng.shuffle(self._order)
+        return self._order.pop()
 
 
 def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -364,6 +399,7 @@ def train_translation(
     hashed_masks: bool = False,
     dropout: float | None = None,
     dropout_from_epoch: float | None = None,
+    curriculum_epochs: float | None = None,
 ) -> dict:
     """Train a translation model on ``pairs`` and save it to ``out_dir``; ``base`` picks how it starts:
 
@@ -391,12 +427,16 @@ def train_translation(
     ``dropout_from_epoch`` ("late dropout") trains without dropout for that many epochs, then at the rate above:
     while the model under-fits, dropout-free steps are faster and learn more each, and the regularisation comes in
     once the data has been seen often enough to over-fit, however many epochs the budget buys on the machine.
+    ``curriculum_epochs`` (a length curriculum) spends that many epochs' worth of steps drawing batches at random from
+    the shortest examples first, the share growing by ``competence`` from 10 % to all of them; plain shuffled epochs
+    follow. Those steps count towards ``epochs`` like any others.
     Returns timings, step/epoch counts, the hyperparameters and, if ``eval_pairs`` is given, BLEU/chrF on them.
     """
     if not pairs:
         raise ValueError("train_translation needs at least one pair")
-    if dropout_from_epoch is not None and dropout_from_epoch < 0:
-        raise ValueError(f"dropout_from_epoch must be 0 or more, got {dropout_from_epoch}")
+    for name, value in (("dropout_from_epoch", dropout_from_epoch), ("curriculum_epochs", curriculum_epochs)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be 0 or more, got {value}")
     start = time.monotonic()
     out_dir = Path(out_dir)
     origin = "scratch" if base is None else ("warm" if is_encoder_only(base) else "finetune")
@@ -459,14 +499,12 @@ def train_translation(
     average: list[torch.Tensor] | None = None
     average_from, averaged = (0.5 if frozen else 0.75), 0
     budget = max_minutes * 60.0 if max_minutes is not None else None
+    curriculum_steps = math.ceil((curriculum_epochs or 0) * len(batches))
+    batch_order = BatchOrder(batches, rng, curriculum_steps)
     model.train()
     step, loss_sum, loss_n, frac = 0, 0.0, 0, 0.0
-    order: list[int] = []
     while step < total_steps:
-        if not order:
-            order = list(range(len(batches)))
-            rng.shuffle(order)
-        idx = batches[order.pop()]
+        idx = batches[batch_order.pick(step)]
         if dropout_from_epoch and late_step is None and step >= dropout_from_epoch * len(batches):
             set_dropout(model, late_rate)
             late_step = step
@@ -535,6 +573,7 @@ def train_translation(
                    "dropout": getattr(model.config, "dropout", None),
                    "attention_dropout": getattr(model.config, "attention_dropout", None),
                    **({"dropout_from_epoch": dropout_from_epoch, "dropout_from_step": late_step} if dropout_from_epoch else {}),
+                   **({"curriculum_epochs": curriculum_epochs, "curriculum_steps": curriculum_steps} if curriculum_steps else {}),
                    "n_parameters": sum(p.numel() for p in model.parameters()),
                    "n_trained": sum(p.numel() for p in trainable), **built},
         **({"selection": selection} if selection else {}),
@@ -589,7 +628,8 @@ class TranslateTrainer(StageTrainer):
               eval_examples: list[Any] | None = None, progress: ProgressFn | None = None, **params: Any) -> dict[str, Any]:
         """From scratch when `base` is None (a Marian model of `size`), else fine-tuned from `base`."""
         return train_translation([tuple(p) for p in examples], out, base=base, eval_pairs=eval_examples, progress=progress,
-                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed", "dropout", "dropout_from_epoch"))
+                                 **pick(params, "size", "epochs", "lr", "max_minutes", "seed", "dropout", "dropout_from_epoch",
+                                         "curriculum_epochs"))
 
     def predict(self, stage: Any, model: Any, tokenizer: Any, examples: list[Any]) -> list[Any]:
         return translate_texts(model, tokenizer, [src for src, _ in examples], num_beams=stage.num_beams,
