@@ -6,10 +6,12 @@ with the reason otherwise (a developer's laptop without PostgreSQL).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -26,6 +28,15 @@ def missing(reason: str) -> None:
 
 
 _missing = missing
+
+
+def benchmark_script(name: str) -> ModuleType:
+    """A script under benchmarks/ (not a package) loaded as a module, for the tests of its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def shared_data_path() -> Path:

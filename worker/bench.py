@@ -74,11 +74,24 @@ def machine() -> dict[str, Any]:
 
     flags = cpu_flags()
     return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_field("model name") or platform.processor() or platform.machine(),
+            "family": _number(cpu_field("cpu family")), "model": _number(cpu_field("model")),
             "cores": os.cpu_count(), "isa": [flag for flag in ISA_FLAGS if flag in flags]}
 
 
+def _number(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def machine_line(info: dict[str, Any]) -> str:
-    return f"{info['date']}, {info['cpu']}, {info['cores']} logical cores, ISA: {' '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS)}"
+    """`2026-12-03, AMD EPYC (family 25 model 17), 2 logical cores, ISA: ...`. Guests of one vendor often show one model
+    name (`AMD EPYC`) for several CPU generations, so the family and model numbers are part of the label."""
+    cpu = info["cpu"]
+    if info.get("family") is not None and info.get("model") is not None:
+        cpu = f"{cpu} (family {info['family']} model {info['model']})"
+    return f"{info['date']}, {cpu}, {info['cores']} logical cores, ISA: {' '.join(info['isa']) or 'none of ' + '/'.join(ISA_FLAGS)}"
 
 
 def matmul_peak_gflops(size: int | None = None, repeats: int = 8, device: str = "cpu") -> float:

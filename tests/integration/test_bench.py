@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
+from worker.bench import machine_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,9 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     assert result["precision"] == "fp32" and result["peak_dtype"] == "fp32" and set(result["peaks"]) == {"fp32", "int8"}
     assert len(result["peak_samples"]) == 2 and result["matmul_peak_gflops"] == max(result["peak_samples"])  # before and after
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
+    if Path("/proc/cpuinfo").is_file() and "cpu family" in Path("/proc/cpuinfo").read_text():  # x86: the label tells generations apart
+        assert isinstance(result["machine"]["family"], int) and isinstance(result["machine"]["model"], int)
+        assert f"(family {result['machine']['family']} model {result['machine']['model']})" in machine_line(result["machine"])
 
 
 def test_bench_int8_runs_the_baselines_on_the_int8_model_too(models_dir: Path, shared_data: Path) -> None:

@@ -446,3 +446,21 @@ def test_a_build_of_an_earlier_format_is_not_used_and_auto_says_so(spam_copy: Pa
     finally:
         info_file.write_text(kept, encoding="utf-8")
     assert int8.stale_reason(spam_copy) is None and "format" not in precisions.choose("auto", "cpu", spam_copy, SEQ).reason
+
+
+def test_profile_script_splits_a_real_build_and_bounds_its_roofline_fraction(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    """`benchmarks/int8_profile.py` on a real build: every operator the session ran is there, the split adds up to the
+    wall time, and the measured fraction and the bound (every product at the peak) are fractions."""
+    from tests.conftest import benchmark_script
+
+    script = benchmark_script("int8_profile")
+    result = script.profile(spam_copy, SEQ, TEXTS, rounds=1, warmup=2)
+    assert result["docs"] == len(TEXTS) and result["int8_build"]["format"] == int8.FORMAT
+    ops = {row["op"] for row in result["operators"]}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} and "LayerNormalization" in ops
+    assert result["int8_products_us_per_doc"] > 0 and result["fp32_operators_us_per_doc"] > 0
+    parts = result["int8_products_us_per_doc"] + result["fp32_operators_us_per_doc"] + result["between_operators_us_per_doc"]
+    assert parts == pytest.approx(result["wall_us_per_doc"], abs=1.0)
+    assert 0 < result["roofline_fraction"] < 1 and 0 < result["bound_if_products_at_peak"] < 1
+    assert len(result["peak_samples"]) == 3 and result["machine"]["cpu"]
+    assert "of the one-thread int8 roofline" in script.render(result)

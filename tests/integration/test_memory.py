@@ -8,25 +8,21 @@ file four times larger must not raise the peak RSS of the run (ru_maxrss of the 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 
-from tests.integration.kafka_helpers import REPO, Db
+from tests.conftest import benchmark_script
+from tests.integration.kafka_helpers import Db
 
 pytestmark = [pytest.mark.slow]
 MIB = 1024 * 1024
 
 
 def _benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_2gb", REPO / "benchmarks" / "memory_2gb.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("memory_2gb")
 
 
 def test_peak_rss_does_not_grow_with_the_file(models_dir: Path, tmp_path: Path) -> None:
