@@ -15,7 +15,9 @@ can be told apart. Model loading and Ray start-up are outside every timed region
 
 The peak is measured before and after the contenders, and the higher of the two is used
 (`peak_samples` in the JSON): on a shared machine a peak measured in a slow moment would
-understate the limit and overstate every fraction of it.
+understate the limit and overstate every fraction of it. For the same reason `rounds` > 1
+measures every contender once per round, one round after another, and keeps each one's best
+(`samples` in the JSON), with the peak measured between rounds as well.
 """
 
 from __future__ import annotations
@@ -285,8 +287,10 @@ CONTENDERS = ("textworker", "hf_per_doc", "hf_batched", "ray_data")
 
 
 def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit: int | None, contenders: list[str],
-              progress: Callable[[str], None], precision: str | None = None) -> dict[str, Any]:
-    """Measure every contender on the same texts; returns the JSON the CLI prints."""
+              progress: Callable[[str], None], precision: str | None = None, rounds: int = 1) -> dict[str, Any]:
+    """Measure every contender on the same texts; returns the JSON the CLI prints. With `rounds` > 1 every contender
+    is measured that many times, one round after another (so a slow spell of a shared machine falls on all of them),
+    and each one's best counts; `samples` in the JSON has every measurement."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
 
@@ -316,7 +320,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
 
         pruned = bool(int8.build(model_dir, auto_class).get("last_layer_first_token_only"))
     flops = sum(forward_flops(config, n, pruned) for n in tokens) / len(texts)
-    rates: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
     runners: dict[str, Callable[[], float]] = {
         "textworker": lambda: bench_textworker(stage_spec, texts, Path(workdir)),
         "hf_per_doc": lambda: bench_hf(model_dir, texts, max_length, None, device),
@@ -328,13 +332,16 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     }
     order = list(contenders) + ([f"{name}_int8" for name in contenders if name != "textworker"] if int8_run else [])
     with tempfile.TemporaryDirectory() as workdir:
-        for name in order:
-            progress(f"measuring {name} on {len(texts)} documents")
-            rates[name] = runners[name]()
-            progress(f"  {name}: {rates[name]:.1f} docs/s")
+        for round_number in range(max(1, rounds)):
+            for name in order:
+                progress(f"measuring {name} on {len(texts)} documents" + (f" (round {round_number + 1} of {rounds})" if rounds > 1 else ""))
+                samples.setdefault(name, []).append(runners[name]())
+                progress(f"  {name}: {samples[name][-1]:.1f} docs/s")
+            if round_number + 1 < rounds:
+                peak_samples.append(measure_peak())
     peak_samples.append(measure_peak())  # once more after the contenders: a peak measured in a slow moment would flatter them
     peak = max(peak_samples)
-    rates = {"roofline": peak * 1e9 / flops, **rates}
+    rates = {"roofline": peak * 1e9 / flops, **{name: max(values) for name, values in samples.items()}}
     tw = rates.get("textworker")
     ratios = {name: round(tw / rate, 3) for name, rate in rates.items() if tw and name != "textworker"}
     return {
@@ -343,6 +350,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         "torch_threads": torch.get_num_threads(), "precision": choice.precision, "precision_reason": choice.reason,
         "peak_dtype": peak_dtype, "matmul_peak_gflops": round(peak, 1), "peak_samples": [round(p, 1) for p in peak_samples], "peaks": _peaks(device, peak, peak_dtype),
         "forward_gflop_per_doc": round(flops / 1e9, 4), "last_layer_first_token_only": pruned, "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "rounds": max(1, rounds), "samples": {k: [round(v, 2) for v in values] for k, values in samples.items()},
         "textworker_over": ratios, "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
     }
 
@@ -385,6 +393,7 @@ def render_bench(result: dict[str, Any]) -> str:
         f"{where}, matmul peaks (G(FL)OP/s): {peaks}",
         f"textworker precision: {result.get('precision', 'fp32')} ({result.get('precision_reason', '')})",
         f"model: {result['model']} ({result['parameters'] / 1e6:.1f}M parameters)",
+        *([f"each contender measured {result['rounds']} times, interleaved; the best of each counts"] if result.get("rounds", 1) > 1 else []),
         f"{'contender':<16} {'docs/s':>10} {'textworker ÷ this':>18}",
     ]
     for name, rate in rates.items():

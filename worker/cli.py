@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["textworker", "hf_per_doc", "hf_batched", "ray_data"], help="contenders to run")
     p.add_argument("--precision", choices=["auto", "fp32", "int8", "bf16", "fp16"],
                    help="textworker's precision (default: the stage's); with int8 the baselines also run on the int8 model")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every contender this many times, interleaved, and keep each one's best (for a shared machine whose "
+                        "speed drifts)")
     p.add_argument("--latency", action="store_true", help="produce to a broker at --rate docs/s and report produce-to-SQL latency")
     p.add_argument("--rate", type=float, nargs="+", default=[20.0], help="offered docs/s (several: one after another, same worker)")
     p.add_argument("--seconds", type=float, default=30.0, help="how long each rate is offered")

@@ -39,6 +39,7 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     assert "textworker:" in done.stderr and "docs/s" in done.stderr  # each contender reported as it finishes
     assert result["precision"] == "fp32" and result["peak_dtype"] == "fp32" and set(result["peaks"]) == {"fp32", "int8"}
     assert len(result["peak_samples"]) == 2 and result["matmul_peak_gflops"] == max(result["peak_samples"])  # before and after
+    assert result["rounds"] == 1 and all(len(values) == 1 for values in result["samples"].values())
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
     if Path("/proc/cpuinfo").is_file() and "cpu family" in Path("/proc/cpuinfo").read_text():  # x86: the label tells generations apart
         assert isinstance(result["machine"]["family"], int) and isinstance(result["machine"]["model"], int)
@@ -49,7 +50,7 @@ def test_bench_int8_runs_the_baselines_on_the_int8_model_too(models_dir: Path, s
     data = shared_data / "ag_news" / "test.tsv"
     done = subprocess.run(
         [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", str(data),
-         "--limit", "16", "--only", "textworker", "hf_per_doc", "--precision", "int8", "--json"],
+         "--limit", "16", "--only", "textworker", "hf_per_doc", "--precision", "int8", "--rounds", "2", "--json"],
         cwd=REPO, env={**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir)}, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -58,3 +59,16 @@ def test_bench_int8_runs_the_baselines_on_the_int8_model_too(models_dir: Path, s
     assert set(result["docs_per_s"]) == {"textworker", "hf_per_doc", "hf_per_doc_int8", "roofline"}
     assert result["matmul_peak_gflops"] == result["peaks"]["int8"] > 0 and result["peaks"]["fp32"] > 0
     assert result["last_layer_first_token_only"] is True
+    # two rounds, interleaved: every contender measured twice, the best of each counts; the peak before, between and after
+    assert result["rounds"] == 2 and set(result["samples"]) == {"textworker", "hf_per_doc", "hf_per_doc_int8"}
+    for name, values in result["samples"].items():
+        assert len(values) == 2 and result["docs_per_s"][name] == pytest.approx(max(values), abs=0.01)
+    assert len(result["peak_samples"]) == 3
+
+
+def test_bench_refuses_zero_rounds(models_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "bench", "pipelines/demo.yaml", "--stage", "sentiment", "--data", "x.tsv", "--rounds", "0"],
+        cwd=REPO, env={**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir)}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0 and "--rounds must be at least 1" in done.stderr

@@ -18,20 +18,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     if not args.stage or not args.data:
         raise TextworkerError("bench needs --stage and --data (or --latency for a stream pipeline)")
+    if args.rounds < 1:
+        raise TextworkerError("--rounds must be at least 1")
     if args.quiet:
-        result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), lambda message: None, args.precision)
+        result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), lambda message: None, args.precision, args.rounds)
     else:
         from tqdm import tqdm
 
-        # One step per contender; each contender's docs/s is printed above the bar as it finishes.
-        total = len(args.only) * (2 if args.precision == "int8" else 1)
+        # One step per contender and round; each contender's docs/s is printed above the bar as it finishes.
+        baselines = [name for name in args.only if name != "textworker"]
+        total = (len(args.only) + (len(baselines) if args.precision == "int8" else 0)) * args.rounds
         with tqdm(total=total, unit=" contenders", dynamic_ncols=True, file=sys.stderr) as bar:
             def say(message: str) -> None:
                 bar.write(message, file=sys.stderr)
                 if message.startswith("  "):
                     bar.update(1)
 
-            result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say, args.precision)
+            result = run_bench(spec, args.stage, args.data, args.limit, list(args.only), say, args.precision, args.rounds)
     emit(args, result, render_bench(result))
     return 0
 
