@@ -128,7 +128,6 @@ def profile(model_dir: str | Path, auto_class: str, texts: list[str], max_length
     """Time the version's int8 build on `texts` (one thread, one document per call), profile it, and split the time."""
     import numpy as np
     import onnxruntime
-    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from worker.bench import forward_flops, int8_peak_gops, machine
@@ -161,31 +160,26 @@ def profile(model_dir: str | Path, auto_class: str, texts: list[str], max_length
     pruned = bool(info.get("last_layer_first_token_only"))
     flops = sum(forward_flops(config, n, pruned) for n in tokens) / len(tokens)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        peaks = [int8_peak_gops(repeats=20)]
-        for feed in feeds[:warmup]:
+    peaks = [int8_peak_gops(repeats=20, threads=1)]
+    for feed in feeds[:warmup]:
+        plain.run(None, feed)
+    passes = []
+    for _ in range(max(1, rounds)):
+        started = time.perf_counter()
+        for feed in feeds:
             plain.run(None, feed)
-        passes = []
-        for _ in range(max(1, rounds)):
-            started = time.perf_counter()
-            for feed in feeds:
-                plain.run(None, feed)
-            passes.append((time.perf_counter() - started) / len(feeds))
-        peaks.append(int8_peak_gops(repeats=20))
-        with tempfile.TemporaryDirectory() as profile_dir:
-            profiled = session(profile_dir)
-            for feed in feeds[:warmup]:
-                profiled.run(None, feed)
-            started = time.perf_counter()
-            for feed in feeds:
-                profiled.run(None, feed)
-            profiled_s = (time.perf_counter() - started) / len(feeds)
-            events = json.loads(Path(profiled.end_profiling()).read_text(encoding="utf-8"))
-        peaks.append(int8_peak_gops(repeats=20))
-    finally:
-        torch.set_num_threads(threads)
+        passes.append((time.perf_counter() - started) / len(feeds))
+    peaks.append(int8_peak_gops(repeats=20, threads=1))
+    with tempfile.TemporaryDirectory() as profile_dir:
+        profiled = session(profile_dir)
+        for feed in feeds[:warmup]:
+            profiled.run(None, feed)
+        started = time.perf_counter()
+        for feed in feeds:
+            profiled.run(None, feed)
+        profiled_s = (time.perf_counter() - started) / len(feeds)
+        events = json.loads(Path(profiled.end_profiling()).read_text(encoding="utf-8"))
+    peaks.append(int8_peak_gops(repeats=20, threads=1))
     peak = max(peaks)
     return {"model": str(model_dir), "docs": len(feeds), "mean_tokens": round(sum(tokens) / len(tokens), 1), "threads": 1,
             "int8_build": {k: info.get(k) for k in ("format", "reduce_range", "smoothed_products", "split_layer_norms",

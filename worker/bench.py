@@ -117,8 +117,9 @@ def matmul_peak_gflops(size: int | None = None, repeats: int = 8, device: str = 
     return best / 1e9
 
 
-def int8_peak_gops(size: int = 1536, repeats: int = 8) -> float:
-    """Best observed int8 GEMM rate (u8 x s8 -> s32, ONNX Runtime's MatMulInteger, all torch threads' worth of cores)."""
+def int8_peak_gops(size: int = 1536, repeats: int = 8, threads: int | None = None) -> float:
+    """Best observed int8 GEMM rate (u8 x s8 -> s32, ONNX Runtime's MatMulInteger) on `threads` threads (default: as many
+    as torch uses)."""
     import numpy as np
     import onnxruntime
     import torch
@@ -129,7 +130,7 @@ def int8_peak_gops(size: int = 1536, repeats: int = 8) -> float:
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]), helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
         [helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])])
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     session = onnxruntime.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
                                            options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -296,6 +297,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
 
     from worker.models import precision as precisions
 
+    rounds = max(1, rounds)
     stage_spec = spec.stage(stage_name)
     auto_class = getattr(plugin_for(stage_spec.type).stage, "auto_class", None)
     if auto_class != "AutoModelForSequenceClassification":
@@ -332,7 +334,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
     }
     order = list(contenders) + ([f"{name}_int8" for name in contenders if name != "textworker"] if int8_run else [])
     with tempfile.TemporaryDirectory() as workdir:
-        for round_number in range(max(1, rounds)):
+        for round_number in range(rounds):
             for name in order:
                 progress(f"measuring {name} on {len(texts)} documents" + (f" (round {round_number + 1} of {rounds})" if rounds > 1 else ""))
                 samples.setdefault(name, []).append(runners[name]())
@@ -350,7 +352,7 @@ def run_bench(spec: PipelineSpec, stage_name: str, data: str | list[str], limit:
         "torch_threads": torch.get_num_threads(), "precision": choice.precision, "precision_reason": choice.reason,
         "peak_dtype": peak_dtype, "matmul_peak_gflops": round(peak, 1), "peak_samples": [round(p, 1) for p in peak_samples], "peaks": _peaks(device, peak, peak_dtype),
         "forward_gflop_per_doc": round(flops / 1e9, 4), "last_layer_first_token_only": pruned, "docs_per_s": {k: round(v, 2) for k, v in rates.items()},
-        "rounds": max(1, rounds), "samples": {k: [round(v, 2) for v in values] for k, values in samples.items()},
+        "rounds": rounds, "samples": {k: [round(v, 2) for v in values] for k, values in samples.items()},
         "textworker_over": ratios, "roofline_fraction": round(tw / rates["roofline"], 4) if tw else None, "machine": machine(),
     }
 
