@@ -133,10 +133,10 @@ def profile(model_dir: str | Path, auto_class: str, texts: list[str], max_length
     from worker.bench import forward_flops, int8_peak_gops, machine
     from worker.models import int8
 
-    info = int8.build(model_dir, auto_class)
+    info = int8.build(model_dir, auto_class, runtime="onnxruntime")  # the build this profile splits is ONNX Runtime's
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    path = int8.int8_dir(model_dir) / int8.ONNX_FILE
+    path = int8.int8_dir(model_dir, "onnxruntime") / int8.ONNX_FILE
 
     def session(profile_dir: str | None = None) -> Any:
         options = onnxruntime.SessionOptions()

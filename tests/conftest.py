@@ -30,6 +30,17 @@ def missing(reason: str) -> None:
 _missing = missing
 
 
+def int8_runtime_setting(runtime: str) -> Iterator[None]:
+    """`TEXTWORKER_INT8_RUNTIME=runtime` for a module's tests (module-scoped fixtures included), restored after."""
+    saved = os.environ.get("TEXTWORKER_INT8_RUNTIME")
+    os.environ["TEXTWORKER_INT8_RUNTIME"] = runtime
+    yield
+    if saved is None:
+        os.environ.pop("TEXTWORKER_INT8_RUNTIME", None)
+    else:
+        os.environ["TEXTWORKER_INT8_RUNTIME"] = saved
+
+
 def benchmark_script(name: str) -> ModuleType:
     """A script under benchmarks/ (not a package) loaded as a module, for the tests of its functions."""
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")

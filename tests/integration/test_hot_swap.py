@@ -37,7 +37,7 @@ def _version(source: Path, target: Path, version: str, *, flip: bool = False) ->
     # without the seed's int8 build: v2's rewritten weights invalidate a copied build while v1's would stay
     # valid, and the two versions would then run at different precisions (int8 and fp32) where the CPU
     # passes the int8 check, so P_v2(spam) = 1 - P_v1(spam) would hold only to int8's error
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(int8.INT8_DIR))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*int8.DIRS.values()))
     meta = loading.read_metadata(target)
     loading.write_metadata(target, {**meta, "version": version})
     if flip:

@@ -1,7 +1,9 @@
 """int8 inference: the ONNX Runtime build, its quality guard, what `precision: auto` picks, and the commands.
 
 Every test works on a copy of a default model version (the build writes beside the weights),
-so the shared `models/` directory keeps whatever `make models` recorded.
+so the shared `models/` directory keeps whatever `make models` recorded. Builds are made for
+ONNX Runtime here whatever `TEXTWORKER_INT8_RUNTIME` says; the OpenVINO build of sequence
+classifiers has `test_int8_openvino.py`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 from schemas.documents import Document
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage
+from tests.conftest import int8_runtime_setting
 from worker.errors import ModelFormatError
 from worker.lifecycle import precision as guard
 from worker.models import int8, loading
@@ -30,9 +33,14 @@ TEXTS = ["I loved every minute of this film.", "Terrible service, never again.",
          "What a wonderful surprise!", "Boring and far too long.", "An instant classic; I will watch it again."]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def onnxruntime_builds() -> Any:
+    yield from int8_runtime_setting("onnxruntime")
+
+
 def _copy(models_dir: Path, family: str, target: Path) -> Path:
     source = Path(loading.resolve(str(models_dir / family)).location)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(int8.INT8_DIR))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*int8.DIRS.values()))
     return target
 
 
@@ -49,7 +57,7 @@ def spam_checked(spam_copy: Path) -> dict[str, Any]:
 
 def test_auto_stays_fp32_until_an_int8_build_has_passed_its_check(spam_copy: Path, tmp_path: Path) -> None:
     fresh = tmp_path / "unbuilt"
-    shutil.copytree(spam_copy, fresh, ignore=shutil.ignore_patterns(int8.INT8_DIR))
+    shutil.copytree(spam_copy, fresh, ignore=shutil.ignore_patterns(*int8.DIRS.values()))
     choice = precisions.choose("auto", "cpu", fresh, SEQ)
     assert choice.precision == "fp32" and "no int8 version" in choice.reason
     assert precisions.choose("auto", "cuda", fresh, SEQ).precision == "bf16"

@@ -44,4 +44,5 @@ def int8_summary(info: dict[str, Any] | None) -> str:
         return "not built"
     outcome = "pass" if quality.get("passed") else "FAIL"
     where = ["held out" if quality.get("held_out", True) else "train rows"] + ([quality["kernels"]] if quality.get("kernels") else [])
+    where.append(info.get("runtime") or "onnxruntime")
     return f"{outcome} {quality.get('drop', 0):+g} ({', '.join(where)})"

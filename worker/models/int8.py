@@ -1,4 +1,10 @@
-"""int8 versions of encoder models: built once with ONNX Runtime, cached beside the model version.
+"""int8 versions of encoder models: built once, cached beside the model version.
+
+Two runtimes (`runtime_for`): by default every model gets the ONNX Runtime build this module
+makes (the notes below are about it); with `TEXTWORKER_INT8_RUNTIME=openvino`, sequence
+classifiers get an OpenVINO build with static activation scales instead
+(`worker.models.int8_openvino`: documents of one length bucket share a call, and each still gets
+the scores it gets alone; faster for batch jobs, slower near a stream's saturation).
 
 Why ONNX Runtime and not torch's dynamic quantization: measured on 2026-11-30 on a 2-core
 AMD EPYC (Zen 3; AVX2, no AVX-512/VNNI) with the default sentiment model (MiniLM, 6
@@ -70,6 +76,11 @@ log = logging.getLogger(__name__)
 INT8_DIR = "int8"
 ONNX_FILE = "model.onnx"
 INFO_FILE = "int8.json"
+# The runtimes an int8 build is made for, each with its own directory and model file (`int8_openvino` has the second).
+RUNTIMES = ("onnxruntime", "openvino")
+DIRS = {"onnxruntime": INT8_DIR, "openvino": "int8-openvino"}
+MODEL_FILES = {"onnxruntime": (ONNX_FILE,), "openvino": ("model.xml", "model.bin")}
+SEQ_CLASS = "AutoModelForSequenceClassification"
 # The Auto classes whose models have an int8 version, and the outputs each returns.
 OUTPUTS = {
     "AutoModelForSequenceClassification": ("logits",),
@@ -90,6 +101,33 @@ def available() -> bool:
     return True
 
 
+def runtime_for(auto_class: str | None = None, model_dir: str | Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Which runtime a model's int8 build is made for and run on. ONNX Runtime by default; OpenVINO for sequence
+    classifiers where `TEXTWORKER_INT8_RUNTIME=openvino` (static activation scales, so documents share a call:
+    `worker.models.int8_openvino`, faster on batch jobs and slower near a stream's saturation, see its notes).
+    Extractive QA always runs on ONNX Runtime."""
+    if auto_class is None and model_dir is not None:
+        auto_class = _auto_class_of(Path(model_dir))
+    wanted = (os.environ if env is None else env).get("TEXTWORKER_INT8_RUNTIME", "").strip().lower() or "onnxruntime"
+    if wanted not in RUNTIMES:
+        raise ModelFormatError(f"TEXTWORKER_INT8_RUNTIME is `{wanted}`", hint=f"one of: {', '.join(RUNTIMES)}")
+    return "openvino" if wanted == "openvino" and auto_class == SEQ_CLASS else "onnxruntime"
+
+
+def _auto_class_of(model_dir: Path) -> str | None:
+    """The Auto class a version's config names (its first architecture), if it says."""
+    try:
+        architectures = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    for name in architectures:
+        if str(name).endswith("ForQuestionAnswering"):
+            return "AutoModelForQuestionAnswering"
+        if str(name).endswith("ForSequenceClassification"):
+            return SEQ_CLASS
+    return None
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("TEXTWORKER_CACHE_DIR") or Path.home() / ".cache" / "textworker")
 
@@ -98,41 +136,48 @@ def _writable(directory: Path) -> bool:
     return os.access(directory, os.W_OK)
 
 
-def _cache_dir(model_dir: Path) -> Path:
+def _cache_dir(model_dir: Path, runtime: str) -> Path:
     key = hashlib.sha256(f"{model_dir}:{source_fingerprint(model_dir)}".encode()).hexdigest()[:16]
-    return _cache_root() / INT8_DIR / key
+    return _cache_root() / DIRS[runtime] / key
 
 
-def _valid(directory: Path, model_dir: Path) -> dict[str, Any] | None:
+def _runtime(model_dir: Path, runtime: str | None) -> str:
+    return runtime or runtime_for(model_dir=model_dir)
+
+
+def _valid(directory: Path, model_dir: Path, runtime: str) -> dict[str, Any] | None:
     try:
         info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if info.get("format") != FORMAT or info.get("source") != source_fingerprint(model_dir) or not (directory / ONNX_FILE).is_file():
+    if (not isinstance(info, dict) or info.get("format") != FORMAT or info.get("source") != source_fingerprint(model_dir)
+            or not all((directory / name).is_file() for name in MODEL_FILES[runtime])):
         return None
     return dict(info)
 
 
-def _write_target(model_dir: Path) -> Path:
+def _write_target(model_dir: Path, runtime: str) -> Path:
     """Where a new build goes: beside the weights where that can be written, else in the cache."""
-    beside = model_dir / INT8_DIR
+    beside = model_dir / DIRS[runtime]
     if (beside.is_dir() and _writable(beside)) or (not beside.exists() and _writable(model_dir)):
         return beside
-    return _cache_dir(model_dir)
+    return _cache_dir(model_dir, runtime)
 
 
-def int8_dir(model_dir: str | Path) -> Path:
+def int8_dir(model_dir: str | Path, runtime: str | None = None) -> Path:
     """Where a version's int8 files are: a current build in the cache (made, or re-checked, where the version's own
-    directory is read-only: an image's models) before one beside the weights; with neither, where a build would go."""
+    directory is read-only: an image's models) before one beside the weights; with neither, where a build would go.
+    `runtime` defaults to the one this machine builds for the model (`runtime_for`)."""
     model_dir = Path(model_dir).resolve()
-    current = _current(model_dir)
-    return current[0] if current else _write_target(model_dir)
+    runtime = _runtime(model_dir, runtime)
+    current = _current(model_dir, runtime)
+    return current[0] if current else _write_target(model_dir, runtime)
 
 
-def _current(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def _current(model_dir: Path, runtime: str) -> tuple[Path, dict[str, Any]] | None:
     """The directory and record of the build in use: the cache's before the one beside the weights."""
-    for directory in (_cache_dir(model_dir), model_dir / INT8_DIR):
-        info = _valid(directory, model_dir)
+    for directory in (_cache_dir(model_dir, runtime), model_dir / DIRS[runtime]):
+        info = _valid(directory, model_dir, runtime)
         if info is not None:
             return directory, info
     return None
@@ -147,17 +192,20 @@ def source_fingerprint(model_dir: str | Path) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def read_info(model_dir: str | Path) -> dict[str, Any] | None:
-    """The int8 version's record, or None when there is none built from the current weights."""
-    current = _current(Path(model_dir).resolve())
+def read_info(model_dir: str | Path, runtime: str | None = None) -> dict[str, Any] | None:
+    """The int8 version's record (for `runtime`, default this machine's for the model), or None when there is none
+    built from the current weights."""
+    model_dir = Path(model_dir).resolve()
+    current = _current(model_dir, _runtime(model_dir, runtime))
     return current[1] if current else None
 
 
-def stale_reason(model_dir: str | Path) -> str | None:
+def stale_reason(model_dir: str | Path, runtime: str | None = None) -> str | None:
     """Why a build that is on disk for the version is not used (made by an earlier build format, or from other
     weights), or None when there is no such build."""
     model_dir = Path(model_dir).resolve()
-    for directory in (_cache_dir(model_dir), model_dir / INT8_DIR):
+    runtime = _runtime(model_dir, runtime)
+    for directory in (_cache_dir(model_dir, runtime), model_dir / DIRS[runtime]):
         try:
             info = json.loads((directory / INFO_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -175,11 +223,13 @@ def write_info(model_dir: str | Path, info: dict[str, Any]) -> None:
     """Record `info` (a quality verdict) with the build; a build whose directory cannot be written is copied to the
     cache first, and the record goes there."""
     model_dir = Path(model_dir).resolve()
-    directory = int8_dir(model_dir)
+    runtime = info.get("runtime") or "onnxruntime"
+    directory = int8_dir(model_dir, runtime)
     if not _writable(directory):
-        cached = _cache_dir(model_dir)
+        cached = _cache_dir(model_dir, runtime)
         cached.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(directory / ONNX_FILE, cached / ONNX_FILE)
+        for name in MODEL_FILES[runtime]:
+            shutil.copy2(directory / name, cached / name)
         directory = cached
     target = directory / INFO_FILE
     tmp = target.with_suffix(".tmp")
@@ -220,19 +270,31 @@ def supports(auto_class: str) -> bool:
     return auto_class in OUTPUTS
 
 
-def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dict[str, Any]:
-    """Export the version to ONNX, fuse attention where the architecture allows, smooth the feed-forward products'
-    activations (`worker.models.smoothing`), quantise the weights to int8 (per channel; activations quantised per document as it runs) and record it. Cached: a
-    second call with unchanged weights returns the record without rebuilding."""
+def build(model_dir: str | Path, auto_class: str, *, force: bool = False, runtime: str | None = None) -> dict[str, Any]:
+    """The version's int8 build for `runtime` (default: `runtime_for(auto_class)`), made when missing and recorded.
+    Cached: a second call with unchanged weights returns the record without rebuilding.
+
+    For ONNX Runtime: export the version to ONNX, fuse attention where the architecture allows, smooth the
+    feed-forward products' activations (`worker.models.smoothing`), quantise the weights to int8 (per channel;
+    activations quantised per document as it runs). For OpenVINO: `worker.models.int8_openvino.build`."""
     if not supports(auto_class):
         raise ModelFormatError(f"no int8 version for {auto_class} models", hint="use precision: fp32")
     if not available():
         raise ModelFormatError("int8 needs onnxruntime", hint="pip install onnxruntime onnx")
-    info = None if force else read_info(model_dir)
+    runtime = runtime or runtime_for(auto_class)
+    if runtime == "openvino" and auto_class != SEQ_CLASS:
+        raise ModelFormatError(f"the OpenVINO int8 build covers sequence classifiers, not {auto_class}", hint="TEXTWORKER_INT8_RUNTIME=onnxruntime")
+    info = None if force else read_info(model_dir, runtime)
     if info is not None:
         return info
+    if runtime == "openvino":
+        from worker.models import int8_openvino
+
+        if not int8_openvino.available():
+            raise ModelFormatError("the OpenVINO int8 build needs openvino and nncf", hint="pip install openvino nncf, or unset TEXTWORKER_INT8_RUNTIME")
+        return int8_openvino.build(Path(model_dir), _write_target(Path(model_dir).resolve(), runtime))
     started = time.perf_counter()
-    target = _write_target(Path(model_dir).resolve())
+    target = _write_target(Path(model_dir).resolve(), runtime)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=target.parent))
     try:
@@ -256,7 +318,7 @@ def build(model_dir: str | Path, auto_class: str, *, force: bool = False) -> dic
         import onnxruntime
 
         info = {"format": FORMAT, "source": source_fingerprint(model_dir), "auto_class": auto_class, **exported,
-                "onnxruntime": onnxruntime.__version__, "reduce_range": seven_bits,
+                "runtime": "onnxruntime", "onnxruntime": onnxruntime.__version__, "reduce_range": seven_bits,
                 "weights": "int8 per channel (QInt8" + (", 7-bit range)" if seven_bits else ")"), "activations": "uint8, per document (dynamic)", "batch_independent": True,
                 "built_at": datetime.now(UTC).isoformat(timespec="seconds"), "build_seconds": round(time.perf_counter() - started, 1),
                 "quality": None}
@@ -285,8 +347,9 @@ def open_session(path: str | Path, options: Any = None) -> Any:
 CLS_ONLY_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 
 
-def _export(model_dir: Path, auto_class: str, work: Path) -> dict[str, Any]:
-    """`work/fp32.onnx` from the version (eager attention, so the optimizer can fuse it).
+def _export(model_dir: Path, auto_class: str, work: Path, optimize: bool = True) -> dict[str, Any]:
+    """`work/fp32.onnx` from the version (eager attention, so the optimizer can fuse it; `optimize=False` leaves the
+    graph as exported, for runtimes that fuse on their own).
 
     A sequence classifier's head reads the first token only, so its last encoder layer is
     exported for that token alone (keys and values still come from every token): the same
@@ -321,7 +384,7 @@ def _export(model_dir: Path, auto_class: str, work: Path) -> dict[str, Any]:
         log.warning("first-token export of the last layer differs from the model; exporting the whole layer", extra={"model": str(model_dir)})
         model = getattr(transformers, auto_class).from_pretrained(model_dir, attn_implementation="eager", use_safetensors=True).eval()
     fused = False
-    if config.model_type in FUSED_TYPES:
+    if optimize and config.model_type in FUSED_TYPES:
         from onnxruntime.transformers import optimizer
 
         optimized = optimizer.optimize_model(str(work / "raw.onnx"), model_type=FUSED_TYPES[config.model_type],
@@ -436,11 +499,51 @@ class _ClsOnly(_module()):  # type: ignore[misc]
         return (self.inner.classifier(out),)  # RoBERTa: the head reads the first token itself
 
 
-class OnnxEncoder:
-    """An int8 ONNX Runtime session that the stages call like the transformers model it replaces."""
+def encoder(model_dir: str | Path, auto_class: str, threads: int | None = None) -> Any:
+    """The version's int8 build, built when missing, as a model the stages call: on the runtime this machine builds
+    for the model (`runtime_for`)."""
+    runtime = runtime_for(auto_class)
+    build(model_dir, auto_class, runtime=runtime)
+    if runtime == "openvino":
+        from worker.models import int8_openvino
+
+        return int8_openvino.OpenVinoEncoder(model_dir, auto_class, threads=threads)
+    return OnnxEncoder(model_dir, auto_class, threads=threads)
+
+
+class EncoderFace:
+    """What the stages use of a transformers model, for int8 runners that stand in for one."""
 
     training = False
     device: Any = None
+    _hooks: list[Any]
+
+    def _run_hooks(self, given: dict[str, Any]) -> None:
+        for hook in self._hooks:
+            hook(self, (), given)
+
+    def register_forward_pre_hook(self, hook: Any, with_kwargs: bool = True) -> Any:
+        """Like `torch.nn.Module`'s (always with keyword arguments): `hook(module, (), inputs)` before each call."""
+        self._hooks.append(hook)
+        return SimpleNamespace(remove=lambda: self._hooks.remove(hook))
+
+    def parameters(self) -> Any:
+        import torch
+
+        yield torch.zeros(1)
+
+    def eval(self) -> Any:
+        return self
+
+    def train(self, mode: bool = True) -> Any:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Any:
+        return self
+
+
+class OnnxEncoder(EncoderFace):
+    """An int8 ONNX Runtime session that the stages call like the transformers model it replaces."""
 
     def __init__(self, model_dir: str | Path, auto_class: str, threads: int | None = None) -> None:
         import torch
@@ -455,7 +558,7 @@ class OnnxEncoder:
         # once 176 docs/s, scores identical.
         self.workers = max(1, threads or torch.get_num_threads())
         self._pool: ThreadPoolExecutor | None = None
-        self._path = str(int8_dir(model_dir) / ONNX_FILE)
+        self._path = str(int8_dir(model_dir, "onnxruntime") / ONNX_FILE)
         self.session = self._session(self.workers)
         self._single = self.session if self.workers == 1 else None
         self.inputs = [item.name for item in self.session.get_inputs()]
@@ -484,8 +587,7 @@ class OnnxEncoder:
         import torch
 
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        for hook in self._hooks:
-            hook(self, (), given)
+        self._run_hooks(given)
         if given["attention_mask"] is None:
             given["attention_mask"] = torch.ones_like(input_ids)
         if given["token_type_ids"] is None and "token_type_ids" in self.inputs:
@@ -519,22 +621,3 @@ class OnnxEncoder:
         return SimpleNamespace(**{name: torch.from_numpy(np.concatenate(parts, axis=0)) for name, parts in collected.items()})
 
     __call__ = forward
-
-    def register_forward_pre_hook(self, hook: Any, with_kwargs: bool = True) -> Any:
-        """Like `torch.nn.Module`'s (always with keyword arguments): `hook(module, (), inputs)` before each call."""
-        self._hooks.append(hook)
-        return SimpleNamespace(remove=lambda: self._hooks.remove(hook))
-
-    def parameters(self) -> Any:
-        import torch
-
-        yield torch.zeros(1)
-
-    def eval(self) -> OnnxEncoder:
-        return self
-
-    def train(self, mode: bool = True) -> OnnxEncoder:
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxEncoder:
-        return self

@@ -4,15 +4,18 @@
   (`worker.lifecycle.precision`) on a machine with the same kind of int8 kernels as this
   one (AVX2, AVX-512, VNNI, AMX: they round differently, and a check on one kind does not
   hold for another) and gives every document the same scores whatever its batch mates,
-  bf16 on CUDA, fp32 otherwise; the reason is logged. int8 builds run each
-  document on its own (`worker.models.int8`), so a checked build qualifies; one that
+  bf16 on CUDA, fp32 otherwise; the reason is logged. int8 builds give each document
+  the scores it gets alone (ONNX Runtime's runs each document on its own,
+  `worker.models.int8`; OpenVINO's fixes every activation scale and pads each document
+  to its length bucket, `worker.models.int8_openvino`), so a checked build qualifies; one that
   does not record `batch_independent` (an older format) stays on fp32, because a
   document's scores would then depend on the batch it lands in and entry points would
   write different rows.
 - `fp32`, `bf16`, `fp16`: the transformers model with its weights in that dtype
   (fp16 only on CUDA, where it is fast).
-- `int8`: the version's ONNX Runtime int8 build (`worker.models.int8`), built on first
-  use when missing; on CPU only, for classification and extractive-QA models.
+- `int8`: the version's int8 build, built on first use when missing; on CPU only, for
+  classification and extractive-QA models: ONNX Runtime, or OpenVINO for sequence
+  classifiers with `TEXTWORKER_INT8_RUNTIME=openvino` (`worker.models.int8.runtime_for`).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def choose(requested: str, device: str, model_dir: str | Path | None, auto_class
         return _auto_cpu(model_dir, auto_class)
     if requested == "int8":
         if cuda:
-            raise ModelFormatError("precision int8 runs on CPU (ONNX Runtime)", hint="use bf16 or fp16 on CUDA, or device: cpu")
+            raise ModelFormatError("precision int8 runs on CPU (OpenVINO or ONNX Runtime)", hint="use bf16 or fp16 on CUDA, or device: cpu")
         if not int8.supports(auto_class):
             raise ModelFormatError(f"precision int8 covers classification and extractive-QA models, not {auto_class}",
                                    hint="use precision: fp32")
@@ -98,8 +101,7 @@ def load(transformers_class: Any, auto_class: str, ref: Any, revision: str | Non
     from worker.models import loading
 
     if choice.precision == "int8":
-        int8.build(ref.location, auto_class)
-        return int8.OnnxEncoder(ref.location, auto_class, threads=threads)
+        return int8.encoder(ref.location, auto_class, threads=threads)
     model = loading.load_pretrained(transformers_class, ref, revision)
     if choice.precision != "fp32":
         model = model.to(getattr(torch, DTYPES[choice.precision]))
