@@ -11,8 +11,9 @@ AMD EPYC (Zen 3; AVX2, no AVX-512/VNNI) with the default sentiment model (MiniLM
 layers) on 1,000 AG News texts, torch fp32 ran 70 docs/s, torch dynamic int8 (fbgemm,
 per-tensor) 97 docs/s with 94.8% of labels agreeing with fp32, and ONNX Runtime int8
 (fused attention, per-channel weights) 100-104 docs/s with 97.7% agreeing. Per-channel
-ONNX Runtime int8 is as fast and closer to fp32; `benchmarks/int8.py` repeats the
-comparison. Numbers for a given machine come from `textworker bench --precision`.
+ONNX Runtime int8 is as fast and closer to fp32. Numbers for a given machine come from
+`textworker bench --precision`; `benchmarks/int8_runtimes.py` sets this build beside the
+OpenVINO one.
 
 A version's int8 files live in `<version>/int8/`: `model.onnx` and `int8.json` (what it was
 built from, with which onnxruntime, and -- once checked -- the quality guard's verdict,
