@@ -28,8 +28,9 @@ sentiment model (MiniLM, 6 layers), 1,000 AG News test texts:
   fp32 99.0% and 98.6%;
 - one document per call on one thread, a fixed 50-token input: 8.6 ms against 5.8 ms, which
   is where a stream at modest rates spends its time: Kafka -> sentiment + spam -> PostgreSQL
-  (`bench --latency`, 30 s per rate) gave p95 59.7 ms at 20 docs/s and 2.69 s at 100 (achieved
-  92.4), against 51.1 ms and 1.17 s (achieved 96.6) for ONNX Runtime.
+  (`bench --latency`, 30 s per rate, two runs each) gave p95 59.7 and 63.7 ms at 20 docs/s and
+  2.7 and 4.5 s at 100 (achieved 92.4 and 89.2), against 51.1 and 59.2 ms and 1.2 and 2.9 s
+  (achieved 96.6 and 93.0) for ONNX Runtime.
 
 Held-out checks of the default models with this build: SST-2 dev macro-F1 0.7075 against
 0.7038 at fp32, SMS test F1(spam) 0.7921 against 0.7921.
