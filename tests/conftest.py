@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,22 @@ def int8_runtime_setting(runtime: str) -> Iterator[None]:
         os.environ.pop("TEXTWORKER_INT8_RUNTIME", None)
     else:
         os.environ["TEXTWORKER_INT8_RUNTIME"] = saved
+
+
+def spam_runs_at(model_dir: Path, texts: list[str], precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, list[Any]]:
+    """A spam stage on `model_dir` loaded at each precision (checking it says so), and its results for `texts`."""
+    from schemas.documents import Document
+    from schemas.pipeline import SpamStage
+    from worker.stages import build_stage
+
+    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
+    runs = {}
+    for wanted in precisions:
+        stage = build_stage(SpamStage(name="spam", model=str(model_dir), precision=wanted))
+        stage.load()
+        assert stage.precision == wanted
+        runs[wanted] = stage.run(docs, {})
+    return runs
 
 
 def benchmark_script(name: str) -> ModuleType:

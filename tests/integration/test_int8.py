@@ -20,7 +20,7 @@ import pytest
 
 from schemas.documents import Document
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage
-from tests.conftest import int8_runtime_setting
+from tests.conftest import int8_runtime_setting, spam_runs_at
 from worker.errors import ModelFormatError
 from worker.lifecycle import precision as guard
 from worker.models import int8, loading
@@ -217,13 +217,8 @@ def test_idle_session_threads_sleep(spam_copy: Path, spam_checked: dict[str, Any
 
 
 def test_int8_stage_agrees_with_fp32_and_says_its_precision(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
-    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(TEXTS * 4)]
-    runs = {}
-    for wanted in ("fp32", "int8"):
-        stage = build_stage(SpamStage(name="spam", model=str(spam_copy), precision=wanted))
-        stage.load()
-        assert stage.precision == wanted
-        runs[wanted] = stage.run(docs, {})
+    docs = TEXTS * 4
+    runs = spam_runs_at(spam_copy, docs)
     fp32 = [r.output["spam_probability"] for r in runs["fp32"]]
     quantised = [r.output["spam_probability"] for r in runs["int8"]]
     assert max(abs(a - b) for a, b in zip(fp32, quantised, strict=True)) < 0.2

@@ -16,14 +16,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.documents import Document
 from schemas.pipeline import SpamStage
-from tests.conftest import int8_runtime_setting
+from tests.conftest import int8_runtime_setting, spam_runs_at
 from worker.errors import ModelFormatError
 from worker.lifecycle import precision as guard
 from worker.models import int8, int8_openvino, loading
 from worker.models import precision as precisions
-from worker.stages import build_stage
 
 SEQ = int8.SEQ_CLASS
 
@@ -88,13 +86,8 @@ def test_build_is_recorded_checked_and_picked_by_auto(spam_copy: Path, spam_chec
 
 
 def test_int8_stage_agrees_with_fp32(spam_copy: Path, spam_checked: dict[str, Any], messages: list[str]) -> None:
-    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(messages[:48])]
-    runs = {}
-    for wanted in ("fp32", "int8"):
-        stage = build_stage(SpamStage(name="spam", model=str(spam_copy), precision=wanted))
-        stage.load()
-        assert stage.precision == wanted
-        runs[wanted] = stage.run(docs, {})
+    docs = messages[:48]
+    runs = spam_runs_at(spam_copy, docs)
     assert all(r.label in ("spam", "ham") for r in runs["int8"])
     assert sum(a.label == b.label for a, b in zip(runs["fp32"], runs["int8"], strict=True)) >= len(docs) - 2
     moved = [abs(a.output["spam_probability"] - b.output["spam_probability"]) for a, b in zip(runs["fp32"], runs["int8"], strict=True)]
