@@ -173,3 +173,27 @@ def test_runtime_comparison_script_runs_both_builds_side_by_side(spam_copy: Path
     assert "OpenVINO / ONNX Runtime" in rendered and "GOP/s" in rendered
     assert int8.read_info(spam_copy)["runtime"] == "openvino"  # type: ignore[index]  # still the build this setting picks
     assert os.environ["TEXTWORKER_INT8_RUNTIME"] == "openvino"  # the script restores the setting it changes
+
+
+def test_the_stage_hands_a_whole_chunk_over_and_gets_each_document_s_own_scores(spam_copy: Path, spam_checked: dict[str, Any],
+                                                                                 messages: list[str], tokenizer: Any) -> None:
+    from worker.stages.base import StageStats
+    from worker.stages.classify import classify_texts
+
+    encoder = _shared_encoder(spam_copy)
+    assert encoder.plans_calls
+    alone = torch.softmax(torch.cat([_logits(encoder, tokenizer, [text]) for text in messages]).float(), dim=-1).tolist()
+    rows_seen: list[int] = []
+    handle = encoder.register_forward_pre_hook(lambda _m, _a, given: rows_seen.append(int(given["input_ids"].shape[0])))
+    try:
+        stats = StageStats()
+        probs, lengths = classify_texts(encoder, tokenizer, messages, max_length=128, max_batch=5, stats=stats)
+    finally:
+        handle.remove()
+    assert probs == alone  # bit for bit, in input order
+    assert lengths == [len(ids) for ids in tokenizer(messages, truncation=True, max_length=128)["input_ids"]]
+    assert sum(rows_seen) == len(messages) and max(rows_seen) <= 5  # the stage's batch size caps a call
+    assert stats.batches == len(rows_seen) and stats.real_tokens == sum(lengths)
+    assert stats.real_tokens <= stats.padded_tokens < stats.real_tokens + len(messages) * int8_openvino.LENGTH_BUCKET
+    outputs, calls = encoder.run_encoded([])
+    assert outputs["logits"].shape == (0, encoder.config.num_labels) and calls == []

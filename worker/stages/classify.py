@@ -31,6 +31,8 @@ def classify_texts(
     clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
     encoded = tokenizer(clipped, truncation=True, max_length=max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
+    if getattr(model, "plans_calls", False):  # a runner that groups documents itself (the OpenVINO int8 build)
+        return _classify_planned(model, encoded, lengths, max_batch, multi_label, stats), lengths
     plan = plan_batches(lengths, max_tokens, max_batch)
     probs: list[list[float]] = [[] for _ in texts]
     device = next(model.parameters()).device
@@ -48,6 +50,22 @@ def classify_texts(
         stats.real_tokens += plan.real_tokens
         stats.padded_tokens += plan.padded_tokens
     return probs, lengths
+
+
+def _classify_planned(model: Any, encoded: Any, lengths: list[int], max_batch: int, multi_label: bool,
+                      stats: StageStats | None) -> list[list[float]]:
+    """Probabilities from a runner that takes every text at once, unpadded, and makes its own calls (`plans_calls`):
+    no batch of the stage's plan waits on another, so its inference streams stay busy across the whole chunk."""
+    import torch
+
+    outputs, calls = model.run_encoded(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=max_batch)
+    logits = torch.from_numpy(outputs["logits"]).float()
+    values = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+    if stats is not None:
+        stats.batches += len(calls)
+        stats.real_tokens += sum(lengths)
+        stats.padded_tokens += sum(len(members) * width for members, width in calls)
+    return values.tolist()
 
 
 def model_labels(model: Any) -> list[str]:
