@@ -9,7 +9,7 @@ from schemas.documents import Document, StageResult
 from schemas.pipeline import ClassifyStage, SpamStage
 from worker.errors import ModelFormatError
 from worker.stages.base import Context, HFStage, Outcome, StageStats
-from worker.stages.batching import plan_batches
+from worker.stages.batching import BatchPlan, plan_batches
 from worker.stages.plugin import StagePlugin
 from worker.stages.rows import RowProblem, short_field, text_field
 
@@ -26,25 +26,13 @@ def classify_texts(
     more than a long one), truncated to `max_length` tokens, and run in
     length-sorted token-budget batches.
     """
-    import torch
-
     clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
     encoded = tokenizer(clipped, truncation=True, max_length=max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     if getattr(model, "plans_calls", False):  # a runner that groups documents itself (the OpenVINO int8 build)
-        return _classify_planned(model, encoded, lengths, max_batch, multi_label, stats), lengths
-    plan = plan_batches(lengths, max_tokens, max_batch)
-    probs: list[list[float]] = [[] for _ in texts]
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for indices in plan.batches:
-            features = [{k: encoded[k][i] for k in encoded.keys()} for i in indices]
-            batch = tokenizer.pad(features, return_tensors="pt")
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(**batch).logits.float()
-            values = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-            for row, index in zip(values.tolist(), indices, strict=True):
-                probs[index] = row
+        probs, plan = _classify_planned(model, encoded, lengths, max_batch, multi_label)
+    else:
+        probs, plan = _classify_batched(model, tokenizer, encoded, lengths, max_tokens, max_batch, multi_label)
     if stats is not None:
         stats.batches += len(plan.batches)
         stats.real_tokens += plan.real_tokens
@@ -52,20 +40,41 @@ def classify_texts(
     return probs, lengths
 
 
-def _classify_planned(model: Any, encoded: Any, lengths: list[int], max_batch: int, multi_label: bool,
-                      stats: StageStats | None) -> list[list[float]]:
+def _probabilities(logits: Any, multi_label: bool) -> Any:
+    import torch
+
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+
+
+def _classify_batched(model: Any, tokenizer: Any, encoded: Any, lengths: list[int], max_tokens: int, max_batch: int,
+                      multi_label: bool) -> tuple[list[list[float]], BatchPlan]:
+    """Probabilities from a model called on padded length-sorted token-budget batches (`plan_batches`)."""
+    import torch
+
+    plan = plan_batches(lengths, max_tokens, max_batch)
+    probs: list[list[float]] = [[] for _ in lengths]
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for indices in plan.batches:
+            features = [{k: encoded[k][i] for k in encoded.keys()} for i in indices]
+            batch = tokenizer.pad(features, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            values = _probabilities(model(**batch).logits, multi_label)
+            for row, index in zip(values.tolist(), indices, strict=True):
+                probs[index] = row
+    return probs, plan
+
+
+def _classify_planned(model: Any, encoded: Any, lengths: list[int], max_batch: int,
+                      multi_label: bool) -> tuple[list[list[float]], BatchPlan]:
     """Probabilities from a runner that takes every text at once, unpadded, and makes its own calls (`plans_calls`):
     no batch of the stage's plan waits on another, so its inference streams stay busy across the whole chunk."""
     import torch
 
     outputs, calls = model.run_encoded(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=max_batch)
-    logits = torch.from_numpy(outputs["logits"]).float()
-    values = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-    if stats is not None:
-        stats.batches += len(calls)
-        stats.real_tokens += sum(lengths)
-        stats.padded_tokens += sum(len(members) * width for members, width in calls)
-    return values.tolist()
+    plan = BatchPlan([members for members, _width in calls], sum(lengths), sum(len(members) * width for members, width in calls))
+    return _probabilities(torch.from_numpy(outputs["logits"]), multi_label).tolist(), plan
 
 
 def model_labels(model: Any) -> list[str]:
