@@ -6,6 +6,7 @@ The tests work on a copy of the default spam version, so `models/` keeps what `m
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -197,3 +198,30 @@ def test_the_stage_hands_a_whole_chunk_over_and_gets_each_document_s_own_scores(
     assert stats.real_tokens <= stats.padded_tokens < stats.real_tokens + len(messages) * int8_openvino.LENGTH_BUCKET
     outputs, calls = encoder.run_encoded([])
     assert outputs["logits"].shape == (0, encoder.config.num_labels) and calls == []
+
+
+def test_loading_prepares_every_call_shape_without_changing_a_score(spam_copy: Path, spam_checked: dict[str, Any], messages: list[str],
+                                                                    tokenizer: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TEXTWORKER_OPENVINO_WARM_TOKENS", "0")
+    cold = int8_openvino.OpenVinoEncoder(spam_copy, threads=2)
+    monkeypatch.setenv("TEXTWORKER_OPENVINO_WARM_TOKENS", "64")
+    fed: list[tuple[int, int]] = []
+    infer = int8_openvino.OpenVinoEncoder._infer
+
+    def counting(self: Any, feeds: list[dict[str, Any]]) -> Any:
+        fed.extend(tuple(feed["input_ids"].shape) for feed in feeds)
+        return infer(self, feeds)
+
+    monkeypatch.setattr(int8_openvino.OpenVinoEncoder, "_infer", counting)
+    with caplog.at_level(logging.INFO, logger="worker.models.int8_openvino"):
+        warm = int8_openvino.OpenVinoEncoder(spam_copy, threads=2)
+    prepared = [record for record in caplog.records if record.getMessage() == "int8 call shapes prepared"]
+    assert len(prepared) == 1 and prepared[0].shapes == 8 * 5 and prepared[0].streams == 2  # type: ignore[attr-defined]
+    assert sorted(set(fed)) == sorted(int8_openvino.warm_shapes(warm.limit, 64)) and len(fed) == 2 * 8 * 5  # each in both streams
+    assert cold.warm_tokens == 0 and warm.warm_tokens == 64
+    assert torch.equal(_logits(warm, tokenizer, messages), _logits(cold, tokenizer, messages))
+    fed.clear()
+    short = [text for text in messages if len(tokenizer(text)["input_ids"]) <= 64]
+    _logits(warm, tokenizer, short)
+    assert fed and set(fed) <= set(int8_openvino.warm_shapes(warm.limit, 64))  # every call of these texts was prepared
