@@ -27,6 +27,7 @@ Best of the rounds for each; the ratios are warm-up on over off.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # spawned children import this script by its name
 
 MODES = {"warm_up": None, "no_warm_up": "0"}  # TEXTWORKER_OPENVINO_WARM_TOKENS per mode (None: the default)
 
@@ -81,6 +83,8 @@ def _engine(mode: str, spec: Any, texts: list[str], workdir: str) -> float:
 def _fresh(function: Any, *args: Any) -> Any:
     """Call `function` in a new interpreter: kernels a runtime prepared earlier in this process (oneDNN keeps them
     process-wide) would otherwise make every later build look warm."""
+    if function.__module__ != "__main__":  # loaded from its file (the tests): the child imports it by name from here
+        function = getattr(importlib.import_module(function.__module__), function.__name__)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
 

@@ -225,3 +225,17 @@ def test_loading_prepares_every_call_shape_without_changing_a_score(spam_copy: P
     short = [text for text in messages if len(tokenizer(text)["input_ids"]) <= 64]
     _logits(warm, tokenizer, short)
     assert fed and set(fed) <= set(int8_openvino.warm_shapes(warm.limit, 64))  # every call of these texts was prepared
+
+
+def test_warm_up_script_compares_fresh_builds_with_and_without_it(spam_copy: Path, spam_checked: dict[str, Any],
+                                                                  messages: list[str]) -> None:
+    from tests.conftest import benchmark_script
+
+    script = benchmark_script("openvino_warmup")
+    result = script.compare(SpamStage(name="spam", model=str(spam_copy)), messages[:24], rounds=1)
+    assert set(result["best"]) == {"warm_up", "no_warm_up"}
+    assert all(value > 0 for values in result["best"].values() for value in values.values())
+    assert result["best"]["warm_up"]["load_s"] > result["best"]["no_warm_up"]["load_s"]  # it ran the 80 shapes at load
+    assert set(result["warm_up_over_none"]) == {"first_pass", "second_pass", "engine"} and result["machine"]["cores"] >= 1
+    assert "warm-up / none" in script.render(result)
+    assert os.environ["TEXTWORKER_INT8_RUNTIME"] == "openvino" and "TEXTWORKER_OPENVINO_WARM_TOKENS" not in os.environ

@@ -41,6 +41,13 @@ model and texts, chunks of 512: about 310 docs/s through the stage's batches, ab
 with the whole chunk (484.0 against 370.0 for the ONNX Runtime build, 1.31x, in one run of
 `benchmarks/int8_runtimes.py`).
 
+Calls hold a power of two of documents of one bucket (`plan_calls`), so each bucket has at
+most five call shapes, and a loaded build runs every shape up to `WARM_TOKENS` tokens once in
+each stream (`OpenVinoEncoder.warm_up`): the CPU plugin prepares its kernels for each new input
+shape on first use, which cost 17-26 ms a shape on an Intel Xeon (family 6 model 167, AMX) on
+2026-12-03, and a fresh build ran its first pass over 1,000 texts at 567 docs/s without the
+warm-up against 805 with it (1.42x, `benchmarks/openvino_warmup.py`), for 2.4 s more at load.
+
 Held-out checks of the default models with this build: SST-2 dev macro-F1 0.7075 against
 0.7038 at fp32, SMS test F1(spam) 0.7921 against 0.7921.
 
@@ -233,9 +240,10 @@ def build(model_dir: Path, target: Path) -> dict[str, Any]:
 
 
 class OpenVinoEncoder(int8.EncoderFace):
-    """The OpenVINO int8 build, called by the stages like the transformers model it replaces. A padded batch is cut
-    into calls of documents of one length bucket (at most `CHUNK_ROWS` each); `threads` calls run at once, each on
-    one thread (an inference stream), so the thread count does not change any document's arithmetic."""
+    """The OpenVINO int8 build, called by the stages like the transformers model it replaces. Documents are cut into
+    calls of one length bucket (`plan_calls`); `threads` calls run at once, each on one thread (an inference
+    stream), so the thread count does not change any document's arithmetic. Loading it prepares the call shapes
+    (`warm_up`)."""
 
     plans_calls = True  # takes a whole chunk of unpadded documents (`run_encoded`) and makes its own calls
 
@@ -295,7 +303,7 @@ class OpenVinoEncoder(int8.EncoderFace):
                     max_rows: int | None = None, hooks: bool = True) -> tuple[dict[str, Any], list[tuple[list[int], int]]]:
         """Outputs (name -> array, one row per document, input order) for unpadded token lists, and the calls made
         (members, padded width). Documents are grouped by length bucket into calls of at most `max_rows`
-        (`CHUNK_ROWS` when unset or larger), so a whole chunk goes through the streams with one wait at the end:
+        (`CHUNK_ROWS` when unset or larger; `plan_calls`), so a whole chunk goes through the streams with one wait at the end:
         the stages hand every document of a chunk here at once (`plans_calls`)."""
         import numpy as np
 
