@@ -225,6 +225,13 @@ def test_loading_prepares_every_call_shape_without_changing_a_score(spam_copy: P
     short = [text for text in messages if len(tokenizer(text)["input_ids"]) <= 64]
     _logits(warm, tokenizer, short)
     assert fed and set(fed) <= set(int8_openvino.warm_shapes(warm.limit, 64))  # every call of these texts was prepared
+    fed.clear()
+    from worker.stages import build_stage
+
+    stage = build_stage(SpamStage(name="spam", model=str(spam_copy), precision="int8", max_length=20))
+    stage.load()
+    assert stage.model.warm_tokens == 20  # no shape longer than the stage's inputs
+    assert sorted(set(fed)) == sorted(int8_openvino.warm_shapes(stage.model.limit, 20)) and {w for _, w in fed} == {8, 16}
 
 
 def test_warm_up_script_compares_fresh_builds_with_and_without_it(spam_copy: Path, spam_checked: dict[str, Any],

@@ -500,15 +500,16 @@ class _ClsOnly(_module()):  # type: ignore[misc]
         return (self.inner.classifier(out),)  # RoBERTa: the head reads the first token itself
 
 
-def encoder(model_dir: str | Path, auto_class: str, threads: int | None = None) -> Any:
+def encoder(model_dir: str | Path, auto_class: str, threads: int | None = None, max_tokens: int | None = None) -> Any:
     """The version's int8 build, built when missing, as a model the stages call: on the runtime this machine builds
-    for the model (`runtime_for`)."""
+    for the model (`runtime_for`). `max_tokens` (the caller's `max_length`) bounds the call shapes the OpenVINO
+    build prepares as it loads."""
     runtime = runtime_for(auto_class)
     build(model_dir, auto_class, runtime=runtime)
     if runtime == "openvino":
         from worker.models import int8_openvino
 
-        return int8_openvino.OpenVinoEncoder(model_dir, auto_class, threads=threads)
+        return int8_openvino.OpenVinoEncoder(model_dir, auto_class, threads=threads, max_tokens=max_tokens)
     return OnnxEncoder(model_dir, auto_class, threads=threads)
 
 

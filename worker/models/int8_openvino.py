@@ -243,11 +243,12 @@ class OpenVinoEncoder(int8.EncoderFace):
     """The OpenVINO int8 build, called by the stages like the transformers model it replaces. Documents are cut into
     calls of one length bucket (`plan_calls`); `threads` calls run at once, each on one thread (an inference
     stream), so the thread count does not change any document's arithmetic. Loading it prepares the call shapes
-    (`warm_up`)."""
+    (`warm_up`) up to `TEXTWORKER_OPENVINO_WARM_TOKENS` tokens, or `max_tokens` (the stage's `max_length`) if fewer."""
 
     plans_calls = True  # takes a whole chunk of unpadded documents (`run_encoded`) and makes its own calls
 
-    def __init__(self, model_dir: str | Path, auto_class: str = int8.SEQ_CLASS, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, auto_class: str = int8.SEQ_CLASS, threads: int | None = None,
+                 max_tokens: int | None = None) -> None:
         import openvino
         import torch
         import transformers
@@ -275,7 +276,7 @@ class OpenVinoEncoder(int8.EncoderFace):
         self._queue: Any = None
         self._request: Any = None
         self._results: dict[int, list[Any]] = {}
-        self.warm_tokens = warm_tokens()
+        self.warm_tokens = min(warm_tokens(), max_tokens) if max_tokens else warm_tokens()  # no shape longer than the inputs
         if self.warm_tokens > 0:
             started = time.perf_counter()
             shapes = self.warm_up(self.warm_tokens)

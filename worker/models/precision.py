@@ -94,14 +94,15 @@ def _auto_cpu(model_dir: str | Path | None, auto_class: str) -> Choice:
 
 
 def load(transformers_class: Any, auto_class: str, ref: Any, revision: str | None, device: str, choice: Choice,
-         threads: int | None = None) -> Any:
-    """The model of `ref` at the chosen precision, on `device`, in eval mode."""
+         threads: int | None = None, max_tokens: int | None = None) -> Any:
+    """The model of `ref` at the chosen precision, on `device`, in eval mode. `max_tokens`: the longest input the
+    caller sends (its `max_length`), which bounds the call shapes an int8 build prepares as it loads."""
     import torch
 
     from worker.models import loading
 
     if choice.precision == "int8":
-        return int8.encoder(ref.location, auto_class, threads=threads)
+        return int8.encoder(ref.location, auto_class, threads=threads, max_tokens=max_tokens)
     model = loading.load_pretrained(transformers_class, ref, revision)
     if choice.precision != "fp32":
         model = model.to(getattr(torch, DTYPES[choice.precision]))

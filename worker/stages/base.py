@@ -102,7 +102,8 @@ class HFStage:
         candidate.tokenizer = loading.load_pretrained(transformers.AutoTokenizer, ref, self.spec.revision)
         choice = precision.choose(self.spec.precision, self.device, precision.local_dir(ref), self.auto_class)
         candidate.model = precision.load(getattr(transformers, self.auto_class), self.auto_class, ref, self.spec.revision,
-                                         self.device, choice, threads=self.spec.resources.threads)
+                                         self.device, choice, threads=self.spec.resources.threads,
+                                         max_tokens=getattr(self.spec, "max_length", None))
         candidate.precision, candidate.precision_reason = choice.precision, choice.reason
         candidate.ref, candidate.model_version = ref, version or ref.version
         candidate.after_load()
