@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from worker.bench import machine_line
+from worker.bench import machine_line, render_bench
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,8 @@ def test_bench_json_names_model_docs_and_rates(models_dir: Path, shared_data: Pa
     assert result["precision"] == "fp32" and result["peak_dtype"] == "fp32" and set(result["peaks"]) == {"fp32", "int8"}
     assert len(result["peak_samples"]) == 2 and result["matmul_peak_gflops"] == max(result["peak_samples"])  # before and after
     assert result["rounds"] == 1 and all(len(values) == 1 for values in result["samples"].values())
+    assert len(result["textworker_load_s"]) == 1 and result["textworker_load_s"][0] > 0
+    assert "textworker's model load, outside the timing:" in render_bench(result)
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
     if Path("/proc/cpuinfo").is_file() and "cpu family" in Path("/proc/cpuinfo").read_text():  # x86: the label tells generations apart
         assert isinstance(result["machine"]["family"], int) and isinstance(result["machine"]["model"], int)
@@ -64,6 +66,7 @@ def test_bench_int8_runs_the_baselines_on_the_int8_model_too(models_dir: Path, s
     for name, values in result["samples"].items():
         assert len(values) == 2 and result["docs_per_s"][name] == pytest.approx(max(values), abs=0.01)
     assert len(result["peak_samples"]) == 3
+    assert len(result["textworker_load_s"]) == 2 and all(seconds > 0 for seconds in result["textworker_load_s"])
 
 
 def test_bench_refuses_zero_rounds(models_dir: Path) -> None:
