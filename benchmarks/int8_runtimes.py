@@ -108,11 +108,13 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def stage_main(doc: str, compare: Any, render: Any, argv: list[str] | None = None) -> int:
+    """The command line of a script that compares int8 builds of one pipeline stage on a data file: parses the
+    arguments, runs `compare(stage_spec, texts, rounds=...)` and prints the JSON or `render`'s text."""
     from worker.bench import read_bench_texts
     from worker.config import load_pipeline
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--pipeline", default=str(REPO / "pipelines" / "demo.yaml"))
     parser.add_argument("--stage", default="sentiment")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ag_news" / "test.tsv"))
@@ -121,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     spec = load_pipeline(args.pipeline)
-    stage = spec.stage(args.stage)
-    result = compare(stage, read_bench_texts(args.data, args.limit), rounds=args.rounds)
+    result = compare(spec.stage(args.stage), read_bench_texts(args.data, args.limit), rounds=args.rounds)
     print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(__doc__, compare, render, argv)
 
 
 if __name__ == "__main__":

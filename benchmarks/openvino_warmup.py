@@ -26,9 +26,7 @@ Best of the rounds for each; the ratios are warm-up on over off.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
 import multiprocessing
 import os
 import sys
@@ -131,21 +129,9 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from worker.bench import read_bench_texts
-    from worker.config import load_pipeline
+    from int8_runtimes import stage_main  # the same command line, beside this script
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pipeline", default=str(REPO / "pipelines" / "demo.yaml"))
-    parser.add_argument("--stage", default="sentiment")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ag_news" / "test.tsv"))
-    parser.add_argument("--limit", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    spec = load_pipeline(args.pipeline)
-    result = compare(spec.stage(args.stage), read_bench_texts(args.data, args.limit), rounds=args.rounds)
-    print(json.dumps(result, indent=2) if args.json else render(result))
-    return 0
+    return stage_main(__doc__, compare, render, argv)
 
 
 if __name__ == "__main__":
