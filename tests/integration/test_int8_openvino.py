@@ -246,3 +246,41 @@ def test_warm_up_script_compares_fresh_builds_with_and_without_it(spam_copy: Pat
     assert set(result["warm_up_over_none"]) == {"first_pass", "second_pass", "engine"} and result["machine"]["cores"] >= 1
     assert "warm-up / none" in script.render(result)
     assert os.environ["TEXTWORKER_INT8_RUNTIME"] == "openvino" and "TEXTWORKER_OPENVINO_WARM_TOKENS" not in os.environ
+
+
+def test_ceiling_script_measures_the_runtime_the_stage_and_the_engine_on_the_same_calls(spam_copy: Path, spam_checked: dict[str, Any],
+                                                                                          messages: list[str], tokenizer: Any,
+                                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import benchmark_script
+
+    script = benchmark_script("openvino_ceiling")
+    monkeypatch.delenv("TEXTWORKER_INT8_RUNTIME", raising=False)
+    result = script.compare(SpamStage(name="spam", model=str(spam_copy)), messages[:30], rounds=1, chunk=16)
+    assert "TEXTWORKER_INT8_RUNTIME" not in os.environ  # the script restores the setting it changes
+    assert set(result["docs_per_s"]) == {"roofline", "runtime", "stage", "engine"} and all(v > 0 for v in result["docs_per_s"].values())
+    assert set(result["roofline_fraction"]) == {"runtime", "stage", "engine"} and len(result["samples"]["engine"]) == 1
+    lengths = [len(ids) for ids in tokenizer(messages[:30], truncation=True, max_length=128)["input_ids"]]
+    assert result["mean_tokens"] == round(sum(lengths) / len(lengths), 1)
+    assert result["length_bucket"] == int8_openvino.LENGTH_BUCKET and 0 <= result["padding_share"] < 0.5
+    assert result["padded_gflop_per_doc"] >= result["forward_gflop_per_doc"] > 0
+    split = result["operator_split"]
+    assert split["products"] > 0 and split["attention"] >= 0 and split["products"] + split["attention"] + split["other"] == pytest.approx(1, abs=1e-3)
+    assert any(row["op"] == "FullyConnected" for row in split["operators"])  # the int8 products are where OpenVINO puts them
+    assert 0 < result["bound_if_products_at_peak"] <= 1 - result["padding_share"] + 1e-3
+    assert "of the int8 roofline" in script.render(result) and "fused attention" in script.render(result)
+
+
+def test_plan_feeds_pads_each_document_to_its_bucket_in_the_calls_run_encoded_makes(spam_copy: Path, spam_checked: dict[str, Any],
+                                                                                     messages: list[str], tokenizer: Any) -> None:
+    encoder = _shared_encoder(spam_copy)
+    encoded = tokenizer(messages[:20], truncation=True, max_length=128)
+    calls, feeds = encoder.plan_feeds(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=4)
+    assert sorted(row for members, _ in calls for row in members) == list(range(20))
+    for (members, width), feed in zip(calls, feeds, strict=True):
+        assert set(feed) == set(encoder.inputs) and feed["input_ids"].shape == (len(members), width) and len(members) <= 4
+        for slot, row in enumerate(members):
+            real = len(encoded["input_ids"][row])
+            assert width == int8_openvino.bucket(real, encoder.limit)
+            assert feed["input_ids"][slot, :real].tolist() == encoded["input_ids"][row] and feed["attention_mask"][slot].sum() == real
+    _outputs, made = encoder.run_encoded(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=4)
+    assert made == calls

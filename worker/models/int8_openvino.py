@@ -309,21 +309,10 @@ class OpenVinoEncoder(int8.EncoderFace):
         import numpy as np
 
         rows = len(input_ids)
-        calls = plan_calls([len(ids) for ids in input_ids], self.limit, max_rows, self.workers)
-        feeds = []
-        for chunk, width in calls:
-            feed = {"input_ids": np.full((len(chunk), width), self.pad, dtype=np.int64),
-                    "attention_mask": np.zeros((len(chunk), width), dtype=np.int64),
-                    "token_type_ids": np.zeros((len(chunk), width), dtype=np.int64)}
-            for slot, row in enumerate(chunk):
-                real = len(input_ids[row])
-                feed["input_ids"][slot, :real] = input_ids[row]
-                feed["attention_mask"][slot, :real] = 1
-                if token_type_ids is not None:
-                    feed["token_type_ids"][slot, :real] = token_type_ids[row]
-            if hooks:
-                self._run_hooks({"input_ids": feed["input_ids"], "attention_mask": feed["attention_mask"]})
-            feeds.append({name: feed[name] for name in self.inputs})
+        calls, feeds = self.plan_feeds(input_ids, token_type_ids, max_rows)
+        if hooks:
+            for feed in feeds:
+                self._run_hooks({"input_ids": feed["input_ids"], "attention_mask": feed.get("attention_mask")})
         results = self._infer(feeds)
         outputs: dict[str, Any] = {}
         for position, name in enumerate(self.outputs):
@@ -336,6 +325,27 @@ class OpenVinoEncoder(int8.EncoderFace):
                 values[chunk] = results[index][position]
             outputs[name] = values
         return outputs, calls
+
+    def plan_feeds(self, input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]] | None = None,
+                   max_rows: int | None = None) -> tuple[list[tuple[list[int], int]], list[dict[str, Any]]]:
+        """The calls `plan_calls` makes for unpadded token lists, and each call's inputs (every document padded to its
+        bucket): what `run_encoded` hands the streams."""
+        import numpy as np
+
+        calls = plan_calls([len(ids) for ids in input_ids], self.limit, max_rows, self.workers)
+        feeds = []
+        for chunk, width in calls:
+            feed = {"input_ids": np.full((len(chunk), width), self.pad, dtype=np.int64),
+                    "attention_mask": np.zeros((len(chunk), width), dtype=np.int64),
+                    "token_type_ids": np.zeros((len(chunk), width), dtype=np.int64)}
+            for slot, row in enumerate(chunk):
+                real = len(input_ids[row])
+                feed["input_ids"][slot, :real] = input_ids[row]
+                feed["attention_mask"][slot, :real] = 1
+                if token_type_ids is not None:
+                    feed["token_type_ids"][slot, :real] = token_type_ids[row]
+            feeds.append({name: feed[name] for name in self.inputs})
+        return calls, feeds
 
     def _infer(self, feeds: list[dict[str, Any]]) -> dict[int, list[Any]]:
         """Run the calls through the streams (one wait at the end); their outputs by call index."""
