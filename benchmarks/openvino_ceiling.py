@@ -113,7 +113,7 @@ def _measure(spec: Any, texts: list[str], rounds: int, chunk: int) -> dict[str, 
     from worker.bench import bench_textworker, forward_flops, int8_peaks, machine
     from worker.models import int8, loading
     from worker.stages import build_stage
-    from worker.stages.classify import CHARS_PER_TOKEN_CAP
+    from worker.stages.classify import encode_texts
 
     model_dir = loading.resolve(spec.model).location
     info = int8.build(model_dir, int8.SEQ_CLASS, runtime="openvino")
@@ -122,14 +122,13 @@ def _measure(spec: Any, texts: list[str], rounds: int, chunk: int) -> dict[str, 
     stage = build_stage(spec)
     stage.load()
     encoder, tokenizer = stage.model, stage.tokenizer
-    max_length = stage.max_positions
     docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
     chunks = [texts[start:start + chunk] for start in range(0, len(texts), chunk)]
     planned = []  # per chunk: the feeds of its calls
     real = padded = 0.0
     tokens: list[int] = []
     for part in chunks:
-        encoded = tokenizer([t[: max_length * CHARS_PER_TOKEN_CAP] for t in part], truncation=True, max_length=max_length)
+        encoded = encode_texts(tokenizer, part, stage.max_positions)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         tokens.extend(lengths)
         calls, feeds = encoder.plan_feeds(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=spec.batch_size)

@@ -26,8 +26,7 @@ def classify_texts(
     more than a long one), truncated to `max_length` tokens, and run in
     length-sorted token-budget batches.
     """
-    clipped = [t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts]
-    encoded = tokenizer(clipped, truncation=True, max_length=max_length)
+    encoded = encode_texts(tokenizer, texts, max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     if getattr(model, "plans_calls", False):  # a runner that groups documents itself (the OpenVINO int8 build)
         probs, plan = _classify_planned(model, encoded, lengths, max_batch, multi_label)
@@ -38,6 +37,11 @@ def classify_texts(
         stats.real_tokens += plan.real_tokens
         stats.padded_tokens += plan.padded_tokens
     return probs, lengths
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> Any:
+    """The texts' token ids, unpadded: each cut to a character budget first, then truncated to `max_length` tokens."""
+    return tokenizer([t[: max_length * CHARS_PER_TOKEN_CAP] for t in texts], truncation=True, max_length=max_length)
 
 
 def _probabilities(logits: Any, multi_label: bool) -> Any:
