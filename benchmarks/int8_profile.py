@@ -1,7 +1,7 @@
 """Where an int8 build's time goes, one thread, one document per call, and how close to the int8 roofline it can get.
 
     .venv/bin/python benchmarks/int8_profile.py [--pipeline pipelines/demo.yaml] [--stage sentiment]
-        [--data ../shared/data/ag_news/test.tsv] [--limit 300] [--json]
+        [--data ../shared/data/ag_news/test.tsv] [--limit 300] [--depths] [--json]
 
 Runs the stage's int8 build (`worker.models.int8`, built if missing) the way the int8 runner
 does -- each document on its own, unpadded, one thread per call -- first without the
@@ -19,6 +19,19 @@ every int8 product ran at the measured one-thread peak and nothing else changed.
 bound is below a target, no faster GEMM kernel reaches the target; only less fp32 work or
 less time between operators can. The peak is measured before and after, and the higher
 one counts, as in `textworker bench` (three samples: before, between and after).
+
+With `--depths`, it also measures the build on every thread at three depths, in interleaved
+rounds (best of each), against the int8 roofline of every core (`worker.bench.int8_peaks`,
+the higher of the two runtimes' peaks, as `textworker bench` uses):
+
+- `runtime`: the calls the stage would make (chunks of 512, one call per document on its
+  real tokens), built beforehand and spread over the worker threads
+  (`OnnxEncoder._run_each`); nothing else is timed;
+- `stage`: the stage's `run` on the same chunks (tokenising, the calls, the scores);
+- `engine`: a `textworker bench`-style engine run (a JSONL file through the engine into
+  SQLite, model loaded outside the timing).
+
+The differences say what the stage and the engine cost on top of the runtime.
 """
 
 from __future__ import annotations
@@ -190,6 +203,78 @@ def profile(model_dir: str | Path, auto_class: str, texts: list[str], max_length
             **summarise(after_warmup(events, min(warmup, len(feeds))), len(feeds), profiled_s, min(passes), flops, peak)}
 
 
+def depths(spec: Any, texts: list[str], rounds: int = 3, chunk: int = 512) -> dict[str, Any]:
+    """The ONNX Runtime build on every worker thread at three depths -- the planned calls alone, the stage, the engine
+    -- in interleaved rounds (best of each), as fractions of the all-core int8 roofline."""
+    from transformers import AutoConfig
+
+    from schemas.documents import Document
+    from worker.bench import bench_textworker, forward_flops, int8_peaks
+    from worker.models import int8, loading
+    from worker.stages import build_stage
+    from worker.stages.classify import encode_texts
+
+    spec = spec.model_copy(update={"precision": "int8"})
+    model_dir = loading.resolve(spec.model).location
+    saved = os.environ.get("TEXTWORKER_INT8_RUNTIME")
+    os.environ["TEXTWORKER_INT8_RUNTIME"] = "onnxruntime"
+    try:
+        info = int8.build(model_dir, int8.SEQ_CLASS, runtime="onnxruntime")
+        config = AutoConfig.from_pretrained(model_dir)
+        stage = build_stage(spec)
+        stage.load()
+        encoder = stage.model
+        if not isinstance(encoder, int8.OnnxEncoder):
+            raise SystemExit(f"stage {spec.name} did not load the ONNX Runtime int8 build ({stage.precision_reason})")
+        docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
+        planned = []  # per chunk: one feed per document
+        tokens: list[int] = []
+        for start in range(0, len(texts), chunk):
+            encoded = encode_texts(stage.tokenizer, texts[start:start + chunk], stage.max_positions)
+            types = encoded.get("token_type_ids")
+            planned.append([encoder._feed(ids, None if types is None else types[row]) for row, ids in enumerate(encoded["input_ids"])])
+            tokens.extend(len(ids) for ids in encoded["input_ids"])
+        flops = sum(forward_flops(config, n, bool(info.get("last_layer_first_token_only"))) for n in tokens) / len(tokens)
+
+        def runtime() -> float:
+            started = time.perf_counter()
+            for feeds in planned:
+                encoder._run_each(feeds)
+            return len(texts) / (time.perf_counter() - started)
+
+        def stage_pass() -> float:
+            started = time.perf_counter()
+            for start in range(0, len(docs), chunk):
+                stage.run(docs[start:start + chunk], {})
+            return len(docs) / (time.perf_counter() - started)
+
+        runtime()  # untimed
+        peaks = [max(int8_peaks().values())]
+        samples: dict[str, list[float]] = {"runtime": [], "stage": [], "engine": []}
+        with tempfile.TemporaryDirectory() as workdir:
+            for _ in range(max(1, rounds)):
+                samples["runtime"].append(runtime())
+                samples["stage"].append(stage_pass())
+                samples["engine"].append(bench_textworker(spec, texts, Path(workdir)))
+                peaks.append(max(int8_peaks().values()))
+    finally:
+        if saved is None:
+            os.environ.pop("TEXTWORKER_INT8_RUNTIME", None)
+        else:
+            os.environ["TEXTWORKER_INT8_RUNTIME"] = saved
+    peak = max(peaks)
+    roofline = peak * 1e9 / flops
+    best = {name: max(values) for name, values in samples.items()}
+    return {
+        "docs": len(texts), "chunk": chunk, "rounds": max(1, rounds), "threads": encoder.workers, "sessions": len(encoder._sessions),
+        "int8_peak_gops": round(peak, 1), "peak_samples": [round(p, 1) for p in peaks], "forward_gflop_per_doc": round(flops / 1e9, 4),
+        "docs_per_s": {"roofline": round(roofline, 2), **{k: round(v, 2) for k, v in best.items()}},
+        "samples": {k: [round(v, 2) for v in values] for k, values in samples.items()},
+        "roofline_fraction": {k: round(v / roofline, 4) for k, v in best.items()},
+        "lost_to": {"stage_work": round(1 - best["stage"] / best["runtime"], 4), "engine_work": round(1 - best["engine"] / best["stage"], 4)},
+    }
+
+
 def render(result: dict[str, Any]) -> str:
     from worker.bench import machine_line
 
@@ -204,6 +289,13 @@ def render(result: dict[str, Any]) -> str:
     ]
     lines += [f"  {row['op']:<28} {row['us_per_doc']:>9.1f} us/doc  {100 * row['share']:5.1f}%  {row['calls_per_doc']:>5.1f} calls/doc"
               for row in result["operators"]]
+    if "depths" in result:
+        deep = result["depths"]
+        lines.append(f"on {deep['threads']} threads ({deep['sessions']} sessions), int8 peak {deep['int8_peak_gops']} GOP/s, "
+                     f"roofline {deep['docs_per_s']['roofline']} docs/s, best of {deep['rounds']} interleaved rounds:")
+        lines += [f"  {name:<8} {deep['docs_per_s'][name]:>8.1f} docs/s  {100 * deep['roofline_fraction'][name]:5.1f}% of the roofline"
+                  for name in ("runtime", "stage", "engine")]
+        lines.append(f"  lost to the stage's work {100 * deep['lost_to']['stage_work']:.1f}%, to the engine's {100 * deep['lost_to']['engine_work']:.1f}%")
     return "\n".join(lines)
 
 
@@ -214,6 +306,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=[str(REPO.parent / "shared" / "data" / "ag_news" / "test.tsv")])
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="timed passes without the profiler; the fastest counts")
+    parser.add_argument("--depths", action="store_true", help="also time the build on every thread: the calls alone, the stage, the engine")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -231,6 +324,8 @@ def main() -> None:
     if not texts:
         parser.error(f"no texts in {' '.join(args.data)}")
     result = {"stage": args.stage, **profile(loading.resolve(stage.model).location, auto_class, texts, stage.max_length, args.rounds)}
+    if args.depths:
+        result["depths"] = depths(stage, texts, args.rounds)
     print(json.dumps(result, indent=2) if args.json else render(result))
 
 

@@ -212,8 +212,55 @@ def test_build_is_cached_and_rebuilt_when_the_weights_change(spam_copy: Path, sp
 def test_idle_session_threads_sleep(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
     """A stage's pool threads must not spin between calls: the next stage, the sink and the broker need the cores."""
     encoder = int8.OnnxEncoder(spam_copy, SEQ, threads=2)
-    for session in (encoder.session, encoder._session(1)):
+    assert len(encoder._sessions) == 2 and encoder.session not in encoder._sessions
+    for session in (encoder.session, *encoder._sessions):
         assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_chunk_of_unpadded_documents_gets_the_outputs_each_gets_alone(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    """The classifier stages hand a whole chunk to `run_encoded`: one call per document, spread over the worker
+    threads longest first (more threads than sessions share them in turn). Every document gets the logits it gets
+    alone, in input order, and the hooks see every call."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spam_copy)
+    texts = [TEXTS[0], TEXTS[1] * 7, TEXTS[2], "", TEXTS[3] * 3, TEXTS[4], TEXTS[5] * 2]
+    encoded = tokenizer(texts, truncation=True, max_length=128)
+    serial = int8.OnnxEncoder(spam_copy, SEQ, threads=1)
+    alone = [serial(**tokenizer([text], return_tensors="pt")).logits[0].numpy() for text in texts]
+    for threads in (1, 2, int8.MAX_SESSIONS + 2):
+        encoder = serial if threads == 1 else int8.OnnxEncoder(spam_copy, SEQ, threads=threads)
+        assert encoder.plans_calls and len(encoder._sessions) == min(threads, int8.MAX_SESSIONS)
+        seen: list[int] = []
+        handle = encoder.register_forward_pre_hook(lambda _m, _a, given, seen=seen: seen.append(int(given["input_ids"].shape[1])))
+        outputs, calls = encoder.run_encoded(encoded["input_ids"], encoded.get("token_type_ids"), max_rows=2)
+        handle.remove()
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        assert calls == [([row], length) for row, length in enumerate(lengths)]
+        assert sorted(seen) == sorted(lengths)
+        assert outputs["logits"].shape == (len(texts), encoder.config.num_labels)
+        for row, expected in enumerate(alone):
+            assert np.allclose(outputs["logits"][row], expected, atol=1e-6)
+        padded = encoder(**tokenizer(texts, truncation=True, max_length=128, padding=True, return_tensors="pt")).logits
+        assert torch.allclose(padded, torch.from_numpy(outputs["logits"]), atol=1e-6)
+        empty, none = encoder.run_encoded([])
+        assert empty["logits"].shape == (0, encoder.config.num_labels) and none == []
+
+
+def test_the_classifier_stage_runs_whole_chunks_through_the_int8_build(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    stage = build_stage(SpamStage(name="spam", model=str(spam_copy), precision="int8", batch_size=2))
+    stage.load()
+    assert stage.precision == "int8" and stage.model.plans_calls
+    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(TEXTS * 3)]
+    before = stage.stats.batches
+    results = stage.run(docs, {})
+    assert [r.doc_id for r in results] == [d.id for d in docs]
+    assert stage.stats.batches - before == len(docs)  # one call per document, not the stage's padded batches of 2
+    assert stage.stats.padded_tokens == stage.stats.real_tokens  # nothing padded
+    alone = [stage.run([doc], {})[0].output["spam_probability"] for doc in docs[:6]]
+    assert [r.output["spam_probability"] for r in results[:6]] == alone
 
 
 def test_int8_stage_agrees_with_fp32_and_says_its_precision(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
@@ -467,3 +514,19 @@ def test_profile_script_splits_a_real_build_and_bounds_its_roofline_fraction(spa
     assert 0 < result["roofline_fraction"] < 1 and 0 < result["bound_if_products_at_peak"] < 1
     assert len(result["peak_samples"]) == 3 and result["machine"]["cpu"]
     assert "of the one-thread int8 roofline" in script.render(result)
+
+
+def test_profile_script_times_the_build_on_every_thread_at_three_depths(spam_copy: Path, spam_checked: dict[str, Any]) -> None:
+    """`int8_profile.py --depths`: the planned calls alone, the stage and the engine on the same texts, each a fraction
+    of the all-core roofline, and the losses between them computed from the best of each."""
+    from tests.conftest import benchmark_script
+
+    script = benchmark_script("int8_profile")
+    deep = script.depths(SpamStage(name="spam", model=str(spam_copy)), TEXTS * 3, rounds=1, chunk=8)
+    assert deep["docs"] == len(TEXTS) * 3 and deep["sessions"] == min(deep["threads"], int8.MAX_SESSIONS)
+    assert set(deep["docs_per_s"]) == {"roofline", "runtime", "stage", "engine"}
+    assert all(0 < fraction < 1 for fraction in deep["roofline_fraction"].values())
+    rates = deep["docs_per_s"]
+    assert deep["lost_to"]["stage_work"] == pytest.approx(1 - rates["stage"] / rates["runtime"], abs=1e-3)
+    assert deep["lost_to"]["engine_work"] == pytest.approx(1 - rates["engine"] / rates["stage"], abs=1e-3)
+    assert len(deep["peak_samples"]) == 2

@@ -28,7 +28,7 @@ def classify_texts(
     """
     encoded = encode_texts(tokenizer, texts, max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
-    if getattr(model, "plans_calls", False):  # a runner that groups documents itself (the OpenVINO int8 build)
+    if getattr(model, "plans_calls", False):  # a runner that makes its own calls (the int8 builds: worker.models.int8*)
         probs, plan = _classify_planned(model, encoded, lengths, max_batch, multi_label)
     else:
         probs, plan = _classify_batched(model, tokenizer, encoded, lengths, max_tokens, max_batch, multi_label)
