@@ -208,8 +208,7 @@ def depths(spec: Any, texts: list[str], rounds: int = 3, chunk: int = 512) -> di
     -- in interleaved rounds (best of each), as fractions of the all-core int8 roofline."""
     from transformers import AutoConfig
 
-    from schemas.documents import Document
-    from worker.bench import bench_textworker, forward_flops, int8_peaks
+    from worker.bench import depth_rounds, forward_flops
     from worker.models import int8, loading
     from worker.stages import build_stage
     from worker.stages.classify import encode_texts
@@ -226,7 +225,6 @@ def depths(spec: Any, texts: list[str], rounds: int = 3, chunk: int = 512) -> di
         encoder = stage.model
         if not isinstance(encoder, int8.OnnxEncoder):
             raise SystemExit(f"stage {spec.name} did not load the ONNX Runtime int8 build ({stage.precision_reason})")
-        docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
         planned = []  # per chunk: one feed per document
         tokens: list[int] = []
         for start in range(0, len(texts), chunk):
@@ -235,28 +233,7 @@ def depths(spec: Any, texts: list[str], rounds: int = 3, chunk: int = 512) -> di
             planned.append([encoder._feed(ids, None if types is None else types[row]) for row, ids in enumerate(encoded["input_ids"])])
             tokens.extend(len(ids) for ids in encoded["input_ids"])
         flops = sum(forward_flops(config, n, bool(info.get("last_layer_first_token_only"))) for n in tokens) / len(tokens)
-
-        def runtime() -> float:
-            started = time.perf_counter()
-            for feeds in planned:
-                encoder._run_each(feeds)
-            return len(texts) / (time.perf_counter() - started)
-
-        def stage_pass() -> float:
-            started = time.perf_counter()
-            for start in range(0, len(docs), chunk):
-                stage.run(docs[start:start + chunk], {})
-            return len(docs) / (time.perf_counter() - started)
-
-        runtime()  # untimed
-        peaks = [max(int8_peaks().values())]
-        samples: dict[str, list[float]] = {"runtime": [], "stage": [], "engine": []}
-        with tempfile.TemporaryDirectory() as workdir:
-            for _ in range(max(1, rounds)):
-                samples["runtime"].append(runtime())
-                samples["stage"].append(stage_pass())
-                samples["engine"].append(bench_textworker(spec, texts, Path(workdir)))
-                peaks.append(max(int8_peaks().values()))
+        samples, peaks = depth_rounds(spec, stage, texts, lambda: [encoder._run_each(feeds) for feeds in planned], rounds, chunk)
     finally:
         if saved is None:
             os.environ.pop("TEXTWORKER_INT8_RUNTIME", None)

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -109,8 +107,7 @@ def compare(stage_spec: Any, texts: list[str], rounds: int = 3, chunk: int = 512
 def _measure(spec: Any, texts: list[str], rounds: int, chunk: int) -> dict[str, Any]:
     from transformers import AutoConfig
 
-    from schemas.documents import Document
-    from worker.bench import bench_textworker, forward_flops, int8_peaks, machine
+    from worker.bench import depth_rounds, forward_flops, machine
     from worker.models import int8, loading
     from worker.stages import build_stage
     from worker.stages.classify import encode_texts
@@ -122,7 +119,6 @@ def _measure(spec: Any, texts: list[str], rounds: int, chunk: int) -> dict[str, 
     stage = build_stage(spec)
     stage.load()
     encoder, tokenizer = stage.model, stage.tokenizer
-    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
     chunks = [texts[start:start + chunk] for start in range(0, len(texts), chunk)]
     planned = []  # per chunk: the feeds of its calls
     real = padded = 0.0
@@ -138,27 +134,7 @@ def _measure(spec: Any, texts: list[str], rounds: int, chunk: int) -> dict[str, 
                 real += forward_flops(config, lengths[row], pruned)
                 padded += forward_flops(config, width, pruned)
 
-    def runtime() -> float:
-        started = time.perf_counter()
-        for feeds in planned:
-            encoder._infer(feeds)
-        return len(texts) / (time.perf_counter() - started)
-
-    def stage_pass() -> float:
-        started = time.perf_counter()
-        for start in range(0, len(docs), chunk):
-            stage.run(docs[start:start + chunk], {})
-        return len(docs) / (time.perf_counter() - started)
-
-    runtime()  # untimed: every call shape once more in each stream, whatever the warm-up covered
-    peaks = [max(int8_peaks().values())]
-    samples: dict[str, list[float]] = {"runtime": [], "stage": [], "engine": []}
-    with tempfile.TemporaryDirectory() as workdir:
-        for _ in range(max(1, rounds)):
-            samples["runtime"].append(runtime())
-            samples["stage"].append(stage_pass())
-            samples["engine"].append(bench_textworker(spec, texts, Path(workdir)))
-            peaks.append(max(int8_peaks().values()))
+    samples, peaks = depth_rounds(spec, stage, texts, lambda: [encoder._infer(feeds) for feeds in planned], rounds, chunk)
     split = operator_split(_profile(encoder._path, [feed for feeds in planned for feed in feeds]))
     peak = max(peaks)
     real_per_doc, padded_per_doc = real / len(texts), padded / len(texts)

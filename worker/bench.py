@@ -236,6 +236,34 @@ def bench_textworker(stage_spec: Any, texts: list[str], workdir: Path, runtime: 
     return summary.docs / summary.seconds
 
 
+def depth_rounds(spec: Any, stage: Any, texts: list[str], run_calls: Callable[[], Any], rounds: int = 3,
+                 chunk: int = 512) -> tuple[dict[str, list[float]], list[float]]:
+    """The same texts at three depths, in interleaved rounds: `runtime` (`run_calls`: the stage's calls, built
+    beforehand, nothing else timed), `stage` (the loaded `stage`'s `run` on chunks of `chunk`) and `engine`
+    (`bench_textworker` with `spec`). Returns the docs/s samples of each and the all-core int8 peak (GOP/s) measured
+    before the rounds and after each (`benchmarks/openvino_ceiling.py`, `benchmarks/int8_profile.py --depths`)."""
+    from schemas.documents import Document
+
+    docs = [Document(id=f"d{i}", text=text) for i, text in enumerate(texts)]
+
+    def runtime() -> float:
+        return _timed(run_calls, len(texts))
+
+    def stage_pass() -> float:
+        return _timed(lambda: [stage.run(docs[start:start + chunk], {}) for start in range(0, len(docs), chunk)], len(docs))
+
+    run_calls()  # untimed: every session or stream warm
+    peaks = [max(int8_peaks().values())]
+    samples: dict[str, list[float]] = {"runtime": [], "stage": [], "engine": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(max(1, rounds)):
+            samples["runtime"].append(runtime())
+            samples["stage"].append(stage_pass())
+            samples["engine"].append(bench_textworker(spec, texts, Path(workdir)))
+            peaks.append(max(int8_peaks().values()))
+    return samples, peaks
+
+
 def _hf_model(model_dir: str, device: str) -> Any:
     """The classifier as a plain transformers user would load it: bf16 on CUDA, fp32 on CPU."""
     import torch
