@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from schemas.documents import Document
 from schemas.pipeline import ClassifyStage, QaStage, SpamStage
@@ -247,6 +249,31 @@ def test_a_chunk_of_unpadded_documents_gets_the_outputs_each_gets_alone(spam_cop
         assert torch.allclose(padded, torch.from_numpy(outputs["logits"]), atol=1e-6)
         empty, none = encoder.run_encoded([])
         assert empty["logits"].shape == (0, encoder.config.num_labels) and none == []
+        nothing = torch.zeros((0, 5), dtype=torch.long)
+        assert encoder(input_ids=nothing, attention_mask=nothing).logits.shape == (0, encoder.config.num_labels)
+
+
+_ENCODERS: dict[Path, Any] = {}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=300), min_size=1, max_size=6), mates=st.lists(st.text(max_size=600), max_size=8))
+def test_any_text_gets_the_same_logits_alone_and_in_any_chunk(spam_copy: Path, spam_checked: dict[str, Any], texts: list[str],
+                                                             mates: list[str]) -> None:
+    """Generated texts (empty, control characters, any script, long) handed over as one chunk with any mates: each
+    gets the logits it gets alone, bit for bit, whichever thread and session ran it."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    if spam_copy not in _ENCODERS:
+        _ENCODERS[spam_copy] = (int8.OnnxEncoder(spam_copy, SEQ, threads=2), AutoTokenizer.from_pretrained(spam_copy))
+    encoder, tokenizer = _ENCODERS[spam_copy]
+    encoded = tokenizer(mates + texts, truncation=True, max_length=128)
+    together, _calls = encoder.run_encoded(encoded["input_ids"], encoded.get("token_type_ids"))
+    assert np.isfinite(together["logits"]).all()
+    for row, ids in enumerate(encoded["input_ids"][len(mates):], start=len(mates)):
+        alone, _ = encoder.run_encoded([ids], None if encoded.get("token_type_ids") is None else [encoded["token_type_ids"][row]])
+        assert np.array_equal(together["logits"][row], alone["logits"][0])
 
 
 def test_the_classifier_stage_runs_whole_chunks_through_the_int8_build(spam_copy: Path, spam_checked: dict[str, Any]) -> None:

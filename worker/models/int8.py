@@ -677,6 +677,9 @@ class OnnxEncoder(EncoderFace):
                     full[:, keep] = value
                     value = full
                 collected[name].append(value)
+        if not rows:  # an empty batch: empty outputs of the right shape
+            return SimpleNamespace(**{name: torch.zeros((0, width) if name in PER_TOKEN_OUTPUTS else (0, self.config.num_labels))
+                                      for name in self.outputs})
         return SimpleNamespace(**{name: torch.from_numpy(np.concatenate(parts, axis=0)) for name, parts in collected.items()})
 
     __call__ = forward
