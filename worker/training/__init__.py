@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
 from pathlib import Path
+from typing import Any
 
+from worker.errors import TextworkerError
 from worker.machine import cpu_flags
+
+log = logging.getLogger(__name__)
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
 
 
 def data_fingerprint(path: str | Path | None) -> str | None:
@@ -22,3 +30,37 @@ def data_fingerprint(path: str | Path | None) -> str | None:
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast speeds training up."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def training_device() -> str:
+    """Where a training run goes: `cuda` when torch sees a GPU, else `cpu`.
+
+    `TEXTWORKER_TRAIN_DEVICE` (auto | cpu | cuda) overrides it, e.g. to keep a GPU for the
+    stages serving traffic; `cuda` without a GPU falls back to the CPU with a warning, as a stage does.
+    """
+    import torch
+
+    wanted = os.environ.get("TEXTWORKER_TRAIN_DEVICE", "").strip().lower() or "auto"
+    if wanted not in TRAIN_DEVICES:
+        raise TextworkerError(f"TEXTWORKER_TRAIN_DEVICE is `{wanted}`", hint=f"one of: {', '.join(TRAIN_DEVICES)}")
+    if wanted == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if wanted == "cuda":
+        log.warning("TEXTWORKER_TRAIN_DEVICE=cuda, but torch sees no GPU: training on the CPU")
+    return "cpu"
+
+
+def default_bf16(device: str) -> bool:
+    """bf16 autocast by default: always on CUDA; on a CPU only where it has native bf16 matmul."""
+    return device.startswith("cuda") or cpu_has_bf16()
+
+
+def bf16_autocast(device: str, enabled: bool) -> Any:
+    """bf16 autocast on `device` (`cuda...` or `cpu`) when `enabled`; a no-op context otherwise."""
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import TextworkerError
+from worker.training import bf16_autocast, training_device
 from worker.training.metrics import classification_metrics
 from worker.training.task import StageTrainer, pick
 
@@ -73,8 +74,9 @@ def train_classifier(
     rng = random.Random(seed)
     labels = list(labels) if labels else sorted(set(golds))
     model, tokenizer = load_for_training(base, labels)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     model.to(device)
+    bf16 = device == "cuda"  # bf16 autocast on a GPU; fp32 on CPUs, as measured there
     label2id = {label: i for i, label in enumerate(labels)}
     encoded = dict(tokenizer([t[: max_length * 12] for t in texts], truncation=True, max_length=max_length))
     encoded.pop("offset_mapping", None)
@@ -94,7 +96,8 @@ def train_classifier(
     while step < total:
         for indices in _bucketed_batches(lengths, batch_size, rng):
             batch = {k: v.to(device) for k, v in _pad(encoded, indices, pad_id).items()}
-            out = model(**batch, labels=torch.tensor([targets[i] for i in indices], device=device))
+            with bf16_autocast(device, bf16):
+                out = model(**batch, labels=torch.tensor([targets[i] for i in indices], device=device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -115,7 +118,7 @@ def train_classifier(
     tokenizer.save_pretrained(out_dir)
     info: dict[str, Any] = {
         "train_seconds": round(seconds, 1), "steps": step, "epochs": round(step / steps_per_epoch, 3),
-        "train_examples": len(texts), "seed": seed, "labels": labels,
+        "train_examples": len(texts), "seed": seed, "labels": labels, "device": device, "bf16_autocast": bf16,
         "params": {"lr": lr, "batch_size": batch_size, "max_length": max_length, "epochs": epochs, "warmup": warmup},
     }
     if eval_data is not None:

@@ -13,7 +13,6 @@ perplexities) that `textworker train --base DIR` and fine-tuning start from.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import DataFileError, ModelFormatError
+from worker.training import bf16_autocast, training_device
 
 Progress = Callable[[int, int, dict[str, float]], None]
 MAX_HELDOUT = 2000
@@ -87,14 +87,6 @@ def masked_perplexity(model: Any, batches: Sequence[dict[str, Any]]) -> float:
     return math.exp(total_loss / total_tokens) if total_tokens else float("nan")
 
 
-def _autocast(device: str, enabled: bool) -> Any:
-    import torch
-
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-
-
 def pretrain_mlm(
     texts: Sequence[str], out_dir: str | Path, *, base: str, epochs: float = 1.0, lr: float = 1e-4, batch_size: int = 32,
     max_length: int = 128, mlm_probability: float = 0.15, holdout: float = 0.1, warmup: float = 0.06,
@@ -107,7 +99,7 @@ def pretrain_mlm(
 
     torch.manual_seed(seed)
     model, tokenizer, fresh_head = load_masked_lm(base)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = training_device()
     model.to(device)
     bf16 = device == "cuda" if bf16 is None else bf16  # on this project's CPUs bf16 autocast was slower (README)
     train_texts, held_texts = split_texts(texts, holdout, seed)
@@ -129,7 +121,7 @@ def pretrain_mlm(
     while step < total and not stopped_early:
         for indices in _batches(train_features, batch_size, rng):
             batch = {k: v.to(device) for k, v in collator([train_features[i] for i in indices]).items()}
-            with _autocast(device, bf16):
+            with bf16_autocast(device, bf16):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -153,7 +145,7 @@ def pretrain_mlm(
     return {
         "train_seconds": round(seconds, 1), "steps": step, "epochs": round(step / steps_per_epoch, 3),
         "stopped_by_budget": stopped_early, "train_texts": len(train_texts), "heldout_texts": len(held_texts),
-        "lm_head_initialised": fresh_head, "seed": seed, "bf16_autocast": bf16,
+        "lm_head_initialised": fresh_head, "seed": seed, "device": device, "bf16_autocast": bf16,
         "params": {"lr": lr, "batch_size": batch_size, "max_length": max_length, "epochs": epochs,
                    "mlm_probability": mlm_probability, "holdout": holdout, "warmup": warmup},
         "metrics": {"perplexity_before": round(before, 3), "perplexity_after": round(after, 3)},

@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from worker.stages.translate import _max_source_len, translate_texts  # noqa: F401 - translate_texts re-exported
-from worker.training import cpu_has_bf16
+from worker.training import bf16_autocast, default_bf16, training_device
 from worker.training.dropout import hashed_dropout
 from worker.training.task import StageTrainer, pick
 
@@ -212,9 +212,9 @@ class BatchOrder:
         return self._order.pop()
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+def _pad(seqs: list[list[int]], value: int, device: Any = None) -> torch.Tensor:
     width = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long, device=device)
 
 
 def _lr_factor(progress: float, warmup: float) -> float:
@@ -311,15 +311,16 @@ def _encode_sources(encoder: torch.nn.Module, src: list[list[int]], pad_id: int,
     out: list[torch.Tensor] = [torch.empty(0)] * len(src)
     order = sorted(range(len(src)), key=lambda i: len(src[i]))
     dtype = torch.bfloat16 if bf16 else torch.float32
+    device = next(encoder.parameters()).device
     encoder.eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), bf16_autocast(device.type, bf16):
         start = 0
         while start < len(order):
             end = start + 1
             while end < len(order) and (end - start + 1) * len(src[order[end]]) <= max_tokens:
                 end += 1
             idx = order[start:end]
-            input_ids = _pad([src[i] for i in idx], pad_id)
+            input_ids = _pad([src[i] for i in idx], pad_id, device)
             hidden = encoder(input_ids=input_ids, attention_mask=input_ids.ne(pad_id)).last_hidden_state
             for row, i in enumerate(idx):
                 out[i] = hidden[row, : len(src[i])].to(dtype).clone()
@@ -333,7 +334,7 @@ def _teacher_forced_loss(model: Any, memory: list[torch.Tensor] | None, src: lis
     states in ``memory`` where the encoder is frozen, through the whole model otherwise."""
     total, count = 0.0, 0
     model.eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), bf16_autocast(model.device.type, bf16):
         for start in range(0, len(idx), 64):
             chunk = idx[start:start + 64]
             if memory is not None:
@@ -349,8 +350,8 @@ def _teacher_forced_loss(model: Any, memory: list[torch.Tensor] | None, src: lis
 def _full_logits(model: Any, src: list[list[int]], tgt: list[list[int]], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the whole model (encoder and decoder) for the examples ``idx``: ``(batch * target length, vocab)``
     with the matching labels, padding labelled -100."""
-    input_ids = _pad([src[i] for i in idx], pad_id)
-    labels = _pad([tgt[i] for i in idx], -100)
+    input_ids = _pad([src[i] for i in idx], pad_id, model.device)
+    labels = _pad([tgt[i] for i in idx], -100, model.device)
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = model(input_ids=input_ids, attention_mask=input_ids.ne(pad_id), decoder_input_ids=decoder_input_ids).logits
     return logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
@@ -370,9 +371,9 @@ def _memory_logits(model: Any, memory: list[torch.Tensor], tgt: list[list[int]],
     """Decoder logits over cached encoder states, at the target's real (non-padding) positions only: ``(N, vocab)``
     with the ``(N,)`` labels. Skipping the padding's logits spares the largest matrix of a step."""
     hidden = torch.nn.utils.rnn.pad_sequence([memory[i] for i in idx], batch_first=True)
-    lengths = torch.tensor([memory[i].size(0) for i in idx])
-    mask = (torch.arange(hidden.size(1))[None, :] < lengths[:, None]).long()
-    labels = _pad([tgt[i] for i in idx], -100)
+    lengths = torch.tensor([memory[i].size(0) for i in idx], device=hidden.device)
+    mask = (torch.arange(hidden.size(1), device=hidden.device)[None, :] < lengths[:, None]).long()
+    labels = _pad([tgt[i] for i in idx], -100, hidden.device)
     decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
     projection = getattr(model, "enc_to_dec_proj", None)
     if projection is not None:
@@ -459,6 +460,8 @@ def train_translation(
     # short sequences: plain attention trains faster on CPU than the fused kernel, whose backward took 31 % of a
     # scratch step on two cores (docs/benchmarks.md, general-domain translation)
     model = AutoModelForSeq2SeqLM.from_pretrained(str(base), use_safetensors=True, attn_implementation="eager")
+    device = training_device()
+    model.to(device)
     if dropout is not None:
         set_dropout(model, dropout)
     late_rate = float(getattr(model.config, "dropout", 0.0) or 0.0)
@@ -471,7 +474,7 @@ def train_translation(
     src = tokenizer([p[0] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
     tgt = tokenizer(text_target=[p[1] for p in pairs], truncation=True, max_length=max_len)["input_ids"]
     pad_id = tokenizer.pad_token_id
-    bf16 = cpu_has_bf16()
+    bf16 = default_bf16(device)
     memory: list[torch.Tensor] | None = None
     held: list[int] = []
     # weights the model does not save (Marian's sinusoidal positions, rebuilt on every load) stay as they are: trained,
@@ -508,7 +511,7 @@ def train_translation(
         if dropout_from_epoch and late_step is None and step >= dropout_from_epoch * len(batches):
             set_dropout(model, late_rate)
             late_step = step
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), hashed_dropout(hashed_masks):
+        with bf16_autocast(device, bf16), hashed_dropout(hashed_masks):
             if memory is not None:
                 logits, labels = _memory_logits(model, memory, tgt, idx, pad_id)
             else:
@@ -565,6 +568,7 @@ def train_translation(
         "epochs": round(step / len(batches), 3),
         "train_pairs": len(pairs),
         "seed": seed,
+        "device": device,
         "params": {"base": None if origin == "scratch" else str(base if origin == "finetune" else built.get("encoder")),
                    "start": origin, "size": size if origin != "finetune" else None, "epochs": epochs, "lr": lr,
                    "batch_tokens": batch_tokens, "max_minutes": max_minutes, "warmup": warmup,
