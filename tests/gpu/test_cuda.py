@@ -72,6 +72,10 @@ def _spec(kind: str, model: Path, device: str, precision: str) -> StageSpec:
         return SpamStage(**common)
     if kind == "qa":
         return QaStage(question_field="question", max_length=192, stride=48, **common)
+    if kind == "embed":
+        from worker.stages.embed import EmbedStage
+
+        return EmbedStage(**common)
     return TranslateStage(max_new_tokens=24, **common)
 
 
@@ -155,6 +159,20 @@ def test_translation_on_the_device_decodes_like_the_cpu(trained: dict[str, Any])
     assert all(isinstance(r.output["translation"], str) for r in low)
     agree = sum(x.output["translation"] == y.output["translation"] for x, y in zip(cpu, same))
     assert agree >= 0.8 * len(docs), f"greedy fp32 decoding on {DEVICE} matched the CPU for {agree} of {len(docs)}"
+
+
+def test_embeddings_on_the_device_point_where_the_cpu_s_do(trained: dict[str, Any]) -> None:
+    docs = _docs("sentiment")
+    cpu, same, low = _three_runs("embed", trained["dirs"]["sentiment"], docs)
+
+    def cosines(a: list[StageResult], b: list[StageResult]) -> torch.Tensor:
+        x = torch.tensor([r.output["embedding"] for r in a])
+        y = torch.tensor([r.output["embedding"] for r in b])
+        return torch.nn.functional.cosine_similarity(x, y, dim=-1)
+
+    assert all(r.output["dim"] == len(r.output["embedding"]) > 0 for r in same + low)
+    assert float(cosines(cpu, same).min()) >= 0.9999
+    assert float(cosines(cpu, low).min()) >= 0.98
 
 
 def test_the_engine_runs_every_stage_on_the_device_into_sql(trained: dict[str, Any], tmp_path: Path) -> None:

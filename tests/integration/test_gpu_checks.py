@@ -28,7 +28,7 @@ def test_the_gpu_tests_pass_as_a_dry_run_on_the_cpu() -> None:
     done = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rA"],
                           cwd=REPO, env=_env(TEXTWORKER_GPU_TESTS_DEVICE="cpu"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "6 passed" in done.stdout, done.stdout[-2000:]
+    assert "7 passed" in done.stdout, done.stdout[-2000:]
     assert "skipped" not in done.stdout
 
 
@@ -38,7 +38,7 @@ def test_without_a_gpu_they_skip_and_say_why() -> None:
     done = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-rs"],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:]
-    assert "6 skipped" in done.stdout and "needs a CUDA GPU" in done.stdout
+    assert "7 skipped" in done.stdout and "needs a CUDA GPU" in done.stdout
 
 
 def test_gpu_check_sh_dry_run_reports_a_roofline_fraction(tmp_path: Path, shared_data: Path) -> None:
