@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import torch
 
 from tests.integration.lifecycle_helpers import (
     FEEDBACK_ROWS,
@@ -91,6 +92,9 @@ def test_feedback_finetune_promotes_then_rejects_a_candidate_trained_on_shuffled
         trained = sorted(fp for fp in fps if not is_held_out(fp, 0.2))
         assert record.data_fingerprint == hashlib.sha256("\n".join(trained).encode()).hexdigest()
         assert record.train_config["seed"] == 0 and record.train_config["rows"]["train_feedback"] == len(trained)
+        # where it trained, in the registry and in the version's metadata (a GPU when the fine-tune task has one)
+        assert record.train_config["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert loading.read_metadata(record.artifact_path)["device"] == record.train_config["device"]
         assert record.parent_version == "v0-weak"
 
         again = cli_json(capsys, "feedback", "import", str(write_tsv(tmp_path / "shuffled.tsv", shuffled(feedback))),

@@ -386,7 +386,7 @@ def _register(registry: ModelRegistry, spec: PipelineSpec, stage: StageSpec, cha
                     "params": params,
                     "split": {"method": "sha256(row) prefix < holdout", "holdout": cfg.holdout},
                     "base_mix": cfg.base_mix, "replay": params.get("replay"), "rows": data.counts,
-                    "steps": train.get("steps"), "train_seconds": train.get("train_seconds")}
+                    "steps": train.get("steps"), "train_seconds": train.get("train_seconds"), "device": train.get("device")}
     record = registry.register(
         name=champ.name, version=version, stage=stage.name, task=stage.type, artifact_path=out, pipeline=spec.name,
         base_model=champ.artifact_path, parent_version=champ.version, data_fingerprint=data.fingerprint,
