@@ -75,3 +75,26 @@ def test_bench_refuses_zero_rounds(models_dir: Path) -> None:
         cwd=REPO, env={**os.environ, "TEXTWORKER_MODELS_DIR": str(models_dir)}, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode != 0 and "--rounds must be at least 1" in done.stderr
+
+
+@pytest.mark.slow
+def test_ray_data_contender_stops_the_ray_it_started_and_keeps_one_it_found(models_dir: Path) -> None:
+    """Left running, an idle Ray takes CPU from every contender timed after the Ray Data one."""
+    script = f"""
+import ray
+from worker.bench import bench_ray_data
+from worker.engine.executors.ray import ensure_ray
+texts = ["great phone", "awful service, never again", "it works"] * 4
+model = {str(models_dir / "sentiment" / "v0-seed")!r}
+assert bench_ray_data(model, texts, 64, actors=1) > 0
+print("after a Ray it started:", ray.is_initialized())
+ensure_ray(num_cpus=2)
+assert bench_ray_data(model, texts, 64, actors=1) > 0
+print("after a Ray it found:", ray.is_initialized())
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "after a Ray it started: False" in done.stdout
+    assert "after a Ray it found: True" in done.stdout
