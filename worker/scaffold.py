@@ -44,6 +44,8 @@ TEXTWORKER_GROUP=textworker
 # Fine-tuning data of lifecycle.yaml: a frozen evaluation set (TSV text/label) and base rows.
 # SPAM_EVAL_DATA=data/spam_eval.tsv
 SPAM_BASE_DATA=data/spam.tsv
+# Where train, finetune and pretrain run: auto (a GPU when torch sees one), cpu or cuda.
+# TEXTWORKER_TRAIN_DEVICE=auto
 # Bearer token for `serve`, `dashboard` and /metrics; required to listen beyond loopback.
 # TEXTWORKER_TOKEN=change-me
 # Ray cluster for --runtime ray and serve (unset: a local Ray starts).
