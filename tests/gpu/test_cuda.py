@@ -49,18 +49,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from worker.training.translation import load_pairs, train_translation
 
     os.environ["TEXTWORKER_TRAIN_DEVICE"] = DEVICE
-    root = tmp_path_factory.mktemp("gpu")
-    pairs = load_pairs(SEED_DIR / "translation.jsonl")
-    texts = _lines("sentiment.tsv") + _lines("spam.tsv") + [en for en, _ in pairs] + [de for _, de in pairs]
-    base = build_roberta(texts, root / "base", size="tiny", vocab_size=3000, max_length=256)
-    info = {}
-    for name in ("sentiment", "spam"):
-        x, y = load_labelled(SEED_DIR / f"{name}.tsv")
-        info[name] = train_classifier(x, y, root / name, base=base, epochs=6, lr=5e-4, batch_size=32)
-    info["qa"] = train_qa(load_squad(SEED_DIR / "qa.jsonl"), root / "qa", base=base, epochs=1, max_length=192, stride=48)
-    build_roberta_seq2seq(base, root / "seq2seq", size="tiny")
-    info["translate"] = train_translation(pairs, root / "translate", base=root / "seq2seq", epochs=1)
-    os.environ.pop("TEXTWORKER_TRAIN_DEVICE", None)
+    try:
+        root = tmp_path_factory.mktemp("gpu")
+        pairs = load_pairs(SEED_DIR / "translation.jsonl")
+        texts = _lines("sentiment.tsv") + _lines("spam.tsv") + [en for en, _ in pairs] + [de for _, de in pairs]
+        base = build_roberta(texts, root / "base", size="tiny", vocab_size=3000, max_length=256)
+        info = {}
+        for name in ("sentiment", "spam"):
+            x, y = load_labelled(SEED_DIR / f"{name}.tsv")
+            info[name] = train_classifier(x, y, root / name, base=base, epochs=6, lr=5e-4, batch_size=32)
+        info["qa"] = train_qa(load_squad(SEED_DIR / "qa.jsonl"), root / "qa", base=base, epochs=1, max_length=192, stride=48)
+        build_roberta_seq2seq(base, root / "seq2seq", size="tiny")
+        info["translate"] = train_translation(pairs, root / "translate", base=root / "seq2seq", epochs=1)
+    finally:
+        os.environ.pop("TEXTWORKER_TRAIN_DEVICE", None)
     return {"dirs": {name: root / name for name in info}, "info": info}
 
 

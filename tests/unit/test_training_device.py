@@ -27,7 +27,7 @@ def test_without_a_gpu_training_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch,
 @needs_no_gpu
 def test_asking_for_cuda_without_one_says_so(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("TEXTWORKER_TRAIN_DEVICE", "cuda")
-    with caplog.at_level(logging.WARNING, logger="worker.training"):
+    with caplog.at_level(logging.WARNING, logger="worker.models.loading"):
         assert training_device() == "cpu"
     assert "no GPU" in caplog.text
 

@@ -183,13 +183,13 @@ def load_pretrained(auto_cls: Any, ref: ModelRef, revision: str | None = None, *
         raise ModelFormatError(f"`{ref.location}` cannot be used for this stage: {str(exc)[:300]}") from exc
 
 
-def pick_device(requested: str) -> str:
-    """`auto` -> cuda when present; `cuda` without a GPU falls back to cpu with a warning."""
+def pick_device(requested: str, who: str = "stage") -> str:
+    """`auto` -> cuda when present; `cuda` without a GPU falls back to cpu with a warning naming `who` asked."""
     import torch
 
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
-        log.warning("stage asks for a GPU but none is available: running on CPU")
+        log.warning("%s asks for a GPU but none is available (torch sees no GPU): running on CPU", who)
         return "cpu"
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 from worker.errors import TextworkerError
 from worker.machine import cpu_flags
 
-log = logging.getLogger(__name__)
 TRAIN_DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -38,18 +36,12 @@ def training_device() -> str:
     `TEXTWORKER_TRAIN_DEVICE` (auto | cpu | cuda) overrides it, e.g. to keep a GPU for the
     stages serving traffic; `cuda` without a GPU falls back to the CPU with a warning, as a stage does.
     """
-    import torch
+    from worker.models.loading import pick_device
 
     wanted = os.environ.get("TEXTWORKER_TRAIN_DEVICE", "").strip().lower() or "auto"
     if wanted not in TRAIN_DEVICES:
         raise TextworkerError(f"TEXTWORKER_TRAIN_DEVICE is `{wanted}`", hint=f"one of: {', '.join(TRAIN_DEVICES)}")
-    if wanted == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if wanted == "cuda":
-        log.warning("TEXTWORKER_TRAIN_DEVICE=cuda, but torch sees no GPU: training on the CPU")
-    return "cpu"
+    return pick_device(wanted, who="TEXTWORKER_TRAIN_DEVICE=cuda")
 
 
 def default_bf16(device: str) -> bool:
