@@ -70,10 +70,10 @@ def produce(bootstrap: str, topic: str, docs: list[dict[str, str]]) -> None:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5, 0))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5))
     admin.create_topics([NewTopic(topic, 2, 1)])
     admin.close()
-    producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 5, 0), compression_type="lz4", linger_ms=20)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 5), compression_type="lz4", linger_ms=20)
     for doc in docs:
         producer.send(topic, key=doc["id"].encode(), value=json.dumps(doc).encode())
     producer.flush(60)

@@ -150,7 +150,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str, worker: su
 def _producer(bootstrap: str) -> Any:
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 5, 0), linger_ms=0, acks=1)
+    return KafkaProducer(bootstrap_servers=bootstrap, api_version=(2, 5), linger_ms=0, acks=1)
 
 
 def _offer(producer: Any, topic: str, prefix: str, texts: list[str], rate: float, seconds: float, start_index: int) -> dict[str, float]:
@@ -196,7 +196,7 @@ def _measure(spec: PipelineSpec, bootstrap: str, pipeline_path: str, rates: list
             url = f"sqlite:///{tmp}/latency.db"  # not the pipeline's default file
         from kafka.admin import KafkaAdminClient, NewTopic
 
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5, 0))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5))
         admin.create_topics([NewTopic(topic, 1, 1)])
         admin.close()
         log = Path(tmp) / "worker.log"

@@ -66,7 +66,7 @@ def shared_documents(shared_data: Path, count: int) -> list[dict[str, str]]:
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5, 0))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, api_version=(2, 5))
     try:
         admin.create_topics([NewTopic(name, partitions, 1) for name in names])
     finally:

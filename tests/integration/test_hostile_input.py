@@ -79,7 +79,7 @@ def _record(topic: str, offset: int, key: bytes | None, value: bytes | None) -> 
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=(2, 5, 0), group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=(2, 5), group_id=group, enable_auto_commit=False)
     try:
         return consumer.committed(TopicPartition(topic, 0))
     finally:

@@ -43,7 +43,7 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
 
 
 def _read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=(2, 5, 0), enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=(2, 5), enable_auto_commit=False)
     tp = TopicPartition(topic, 0)
     consumer.assign([tp])
     consumer.seek(tp, 0)

@@ -17,7 +17,9 @@ Per chunk, stage after stage:
 3. a call that fails as a whole (an actor lost twice, a replica gone) turns its
    documents into `stage_error` dead letters for that stage; the chunk goes on.
 
-Chunks are pipelined: while stage 2 works on chunk N, stage 1 may work on chunk N+1.
+Chunks are pipelined: while stage 2 works on chunk N, stage 1 may work on chunk N+1
+(Ray actor pools), and while the stages work on chunk N+1 the caller stores chunk N
+(every executor whose calls run off the caller's thread).
 At most `max_inflight` chunks are in flight and the source is read only when a slot
 frees (backpressure), so memory stays bounded however large the input. A chunk is
 handed to `on_complete` only after every chunk before it (source order), so a caller
@@ -42,6 +44,7 @@ from worker.engine.hooks import Hook, HookList
 
 log = logging.getLogger(__name__)
 Pending = tuple[Chunk, int, list[Document], Plan]  # a stage call in flight: its chunk, stage, admitted documents, cache plan
+IDLE_WAIT_S = 0.05  # after an empty read with calls in flight, how long to wait for one of them before reading again
 MAX_LABELS = 64  # distinct labels counted per stage; the rest are "(other)" (QA answers are not labels)
 
 
@@ -92,6 +95,11 @@ class Executor(Protocol):
     `timeout=None` it blocks until at least one call in flight finishes. A call that
     cannot be run at all returns `stage_error` letters as its outcomes; it never raises
     for a document.
+
+    Optional attributes the engine reads: `parallelism` (how many chunks may have a call
+    in flight at once; 1 if absent) and `read_before_store` (True when calls run off the
+    engine's thread: the engine then takes the next input before it stores a finished
+    chunk, so the stages work while it stores).
     """
 
     def start(self, spec: PipelineSpec) -> dict[str, str]: ...
@@ -113,6 +121,7 @@ class Engine:
         self.max_inflight = max_inflight
         self.totals: dict[str, StageTotals] = {s.name: StageTotals() for s in spec.stages}
         self.peak_inflight = 0
+        self.inflight = 0  # chunks taken from the source and not yet handed back (a driver polls without waiting while > 0)
         self.cache = ResultCache(spec, max_entries=spec.cache.max_entries)
         self._started = False
 
@@ -137,33 +146,51 @@ class Engine:
         without holding finished chunks back.
         """
         self.start()
+        self.inflight = 0
         source: Iterator[ChunkInput | None] = iter(chunks)
-        limit = self.max_inflight or max(1, getattr(self.executor, "parallelism", 1)) + 1
+        parallelism = max(1, getattr(self.executor, "parallelism", 1))
+        limit = self.max_inflight or parallelism + 1
+        read_first = bool(getattr(self.executor, "read_before_store", False))
         pending: dict[Any, Pending] = {}
         finished: dict[int, Chunk] = {}
         active = next_seq = emit_seq = 0
         exhausted = False
+
+        def may_read() -> bool:
+            return not exhausted and active < limit and len(pending) < parallelism
+
+        def read() -> bool:
+            """Take the next input and start its first call; False when there is none now (or ever)."""
+            nonlocal active, next_seq, exhausted
+            try:
+                given = next(source)
+            except StopIteration:
+                exhausted = True
+                return False
+            if given is None:
+                return False
+            chunk = Chunk.of(next_seq, given)
+            next_seq += 1
+            active += 1
+            self.inflight = active
+            self.peak_inflight = max(self.peak_inflight, active)
+            self._advance(chunk, pending, finished)
+            return True
+
         while True:
             self._harvest(pending, finished, timeout=0.0)
+            if read_first and emit_seq in finished and may_read():
+                read()  # the stages start on the next input while this thread stores the finished chunks
             while emit_seq in finished:
                 self._complete(finished.pop(emit_seq), on_complete)
                 emit_seq += 1
                 active -= 1
+            self.inflight = active
             if exhausted and active == 0:
                 return
-            if not exhausted and active < limit:
-                try:
-                    given = next(source)
-                except StopIteration:
-                    exhausted = True
-                    continue
-                if given is None:
-                    continue
-                chunk = Chunk.of(next_seq, given)
-                next_seq += 1
-                active += 1
-                self.peak_inflight = max(self.peak_inflight, active)
-                self._advance(chunk, pending, finished)
+            if may_read():
+                if not read() and not exhausted and pending:
+                    self._harvest(pending, finished, timeout=IDLE_WAIT_S)  # nothing to read now: wait on a call, not the source
                 continue
             if pending:
                 self._harvest(pending, finished, timeout=None)

@@ -204,6 +204,7 @@ class StreamRunner:
         self._backoff = 0.5
         self.sizer = BatchSizer(self.kafka.max_batch, spec.max_latency_ms)
         self._backlog = 0
+        self._last_stored = 0.0
 
     @property
     def summary(self) -> RunSummary:
@@ -268,25 +269,26 @@ class StreamRunner:
     def _batches(self) -> Iterator[ChunkInput | None]:
         """Polled batches as engine chunks (None after an empty poll), until stopped or the end."""
         while not self.stop.is_set() and not self._reached_end():
-            polled = self._poll()
+            waited = not self.engine.inflight  # with batches in flight, take what has arrived and go back to them
+            polled = self._poll(waited)
             self._observe_lag()
             if polled is None:
                 yield None
                 continue
             if not polled:
-                self._idle += 1
+                self._idle += waited  # an idle poll is one that waited and found nothing
                 yield None
                 continue
             self._idle = 0
             self.records += len(polled)
             yield ChunkInput.of_items(polled.items, _Polled(dict(polled.next_offsets), time.perf_counter()))
 
-    def _poll(self) -> Polled | None:
+    def _poll(self, wait: bool = True) -> Polled | None:
         wanted = self.sizer.limit(self._backlog)
         if self.options.limit is not None:
             wanted = max(1, min(wanted, self.options.limit - self.records))
         try:
-            polled = self.source.poll(wanted, self.kafka.max_wait_ms)
+            polled = self.source.poll(wanted, self.kafka.max_wait_ms if wait else 0)
         except KafkaError as exc:
             log.warning("kafka poll failed; backing off", extra={"error": str(exc)[:300], "backoff_s": self._backoff})
             self.stop.wait(self._backoff)
@@ -301,8 +303,11 @@ class StreamRunner:
         next_offsets = polled.next_offsets
         started = time.perf_counter()
         self._write(self.book.batch(chunk, self._offsets(next_offsets)))
-        self.book.stored(chunk, time.perf_counter() - started)
-        self.sizer.record(chunk.items, time.perf_counter() - polled.polled_at)
+        now = time.perf_counter()
+        self.book.stored(chunk, now - started)
+        # the batch's own time: from its poll, or from the previous batch's commit when it waited behind that batch
+        self.sizer.record(chunk.items, now - max(polled.polled_at, self._last_stored))
+        self._last_stored = now
         self.source.commit(next_offsets)
         self._publish(chunk.docs, chunk.results, chunk.letters, next_offsets)
         self.batches += 1
