@@ -154,3 +154,19 @@ def test_real_models_give_the_same_results_with_and_without_overlap(models_dir: 
                              sorted((d.ref, d.stage, d.reason) for d in chunk.letters), dict(chunk.skipped)) for chunk in got]
     assert outputs[True] == outputs[False]
     assert any(stages for *_, skipped in outputs[True] for stages in skipped.values())  # the condition held some back
+
+
+def test_closing_does_not_wait_for_a_call_left_running_after_an_error() -> None:
+    """A second Ctrl-C must not wait for a long stage call: close returns while the call is still held."""
+    gate = {"held": threading.Event()}
+    stage = Recording("a", [], gate)
+    executor = LocalExecutor(stages=[stage], overlap=True)
+    executor.submit(0, [Document(id="held", text="t")], {})
+    assert stage.started.setdefault("held", threading.Event()).wait(WAIT_S)
+    closer = threading.Thread(target=executor.close)
+    closer.start()
+    closer.join(WAIT_S)
+    try:
+        assert not closer.is_alive()
+    finally:
+        gate["held"].set()

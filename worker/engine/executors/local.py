@@ -96,9 +96,11 @@ class LocalExecutor:
         return out
 
     def close(self) -> None:
-        """Wait for the calls already given to the stage thread (the models go with the process; the thread ends idle)."""
-        with self._ready:
-            self._ready.wait_for(lambda: len(self._finished) >= self._outstanding)
+        """Nothing to release: the models go with the process, and the stage thread ends once idle.
+
+        After a normal run no call is left. After an error (or a second Ctrl-C) a call still
+        running finishes on its thread and its result is dropped: closing does not wait for it.
+        """
 
     # ------------------------------------------------------------------ the stage thread
 
