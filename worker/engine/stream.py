@@ -1,8 +1,9 @@
 """Streaming driver: Kafka -> validation -> engine -> one SQL transaction per batch -> Kafka commit.
 
-The stages run on whichever executor the engine has: in this process, or Ray actor
-pools (`--runtime ray`), with several polled batches in flight at once; batches are
-stored strictly in poll order, so offsets only ever move forward.
+The stages run on whichever executor the engine has: in this process (the stages work
+on one batch while the previous one is stored), or Ray actor pools (`--runtime ray`,
+several polled batches in flight at once); batches are stored strictly in poll order,
+so offsets only ever move forward. With a batch in flight, polls do not wait.
 
 Delivery contract: effectively once in SQL
 -------------------------------------------
