@@ -15,7 +15,6 @@ import itertools
 import os
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +44,6 @@ class LocalExecutor:
         self.stages: list[Stage] = stages or []
         self.overlap = overlap_default() if overlap is None else overlap
         self.read_before_store = self.overlap  # the engine takes the next input, then stores, while the stages work
-        self._done: deque[Done] = deque()
         self._tickets = itertools.count(1)
         self._calls: queue.PriorityQueue[tuple[int, int, Callable[[], Any]]] = queue.PriorityQueue()
         self._finished: dict[int, tuple[list[Outcome], dict[str, float]] | BaseException] = {}
@@ -65,8 +63,10 @@ class LocalExecutor:
         ticket = next(self._tickets)
         stage = self.stages[index]
         if not self.overlap:
-            outcomes, delta = run_stage(stage, docs, context)
-            self._done.append((ticket, outcomes, delta))
+            result = run_stage(stage, docs, context)
+            with self._ready:
+                self._outstanding += 1
+                self._finished[ticket] = result
             return ticket
         with self._ready:
             self._outstanding += 1
@@ -79,16 +79,13 @@ class LocalExecutor:
 
     def done(self, timeout: float | None) -> list[Done]:
         """Finished calls in ticket order; waits up to `timeout` (None: until one finishes) when none has."""
-        out = list(self._done)
-        self._done.clear()
-        if not self.overlap:
-            return out
         with self._ready:
-            if not out and not self._finished and self._outstanding and timeout != 0:
+            if not self._finished and self._outstanding and timeout != 0:
                 self._ready.wait_for(lambda: bool(self._finished), timeout)
             finished = sorted(self._finished.items())
             self._finished.clear()
             self._outstanding -= len(finished)
+        out: list[Done] = []
         for ticket, result in finished:
             if isinstance(result, BaseException):
                 raise result
